@@ -1,0 +1,1 @@
+"""Dataset readers, image decoding and splits."""

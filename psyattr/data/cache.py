@@ -1,0 +1,78 @@
+"""Decode a list of images once into one uint8 array, cached on disk, skipping unreadable files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from psyattr.data.images import ImageError, load_rgb
+
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> Path:
+    """`$PSYATTR_CACHE_DIR`, else `~/.cache/psyattr`."""
+    return Path(os.environ.get("PSYATTR_CACHE_DIR") or Path.home() / ".cache" / "psyattr")
+
+
+def _cache_key(paths: Sequence[Path], size: int) -> str:
+    digest = hashlib.sha1(str(size).encode())
+    for path in paths:
+        stat = path.stat() if path.exists() else None
+        digest.update(f"{path.resolve()}|{stat and stat.st_size}|{stat and stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def decode_images(
+    paths: Sequence[str | os.PathLike],
+    size: int = 256,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decode `paths` to `(N_ok, size, size, 3)` uint8 and the indices of the decoded ones; cached by content."""
+    paths = [Path(p) for p in paths]
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    key = _cache_key(paths, size)
+    array_file, index_file = cache / f"images_{key}.npy", cache / f"images_{key}.json"
+    if array_file.exists() and index_file.exists():
+        try:
+            kept = np.asarray(json.loads(index_file.read_text())["kept"], dtype=int)
+            images = np.load(array_file, mmap_mode="r")
+            if images.shape == (len(kept), size, size, 3):
+                return np.asarray(images), kept
+        except (ValueError, KeyError, OSError) as err:
+            log.warning("ignoring unreadable image cache %s: %s", array_file, err)
+    images = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    kept_list, failed = [], []
+    for index, path in enumerate(tqdm(paths, desc="decoding images", unit="img", disable=not progress)):
+        try:
+            images[len(kept_list)] = load_rgb(path, size)
+        except (ImageError, FileNotFoundError) as err:
+            failed.append(f"{path.name} ({err.__class__.__name__})")
+            continue
+        kept_list.append(index)
+    if failed:
+        log.warning(
+            "skipped %d unreadable image(s): %s%s", len(failed), ", ".join(failed[:10]), " ..." if len(failed) > 10 else ""
+        )
+    images = images[: len(kept_list)]
+    kept = np.asarray(kept_list, dtype=int)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        # Write beside the final names and rename, so a killed run never leaves a half cache behind.
+        tmp_array = array_file.with_suffix(".tmp.npy")
+        np.save(tmp_array, images)
+        os.replace(tmp_array, array_file)
+        tmp_index = index_file.with_suffix(".tmp")
+        tmp_index.write_text(json.dumps({"kept": kept.tolist(), "size": size}))
+        os.replace(tmp_index, index_file)
+    except OSError as err:
+        log.warning("could not write the image cache in %s: %s", cache, err)
+    return images, kept

@@ -1,0 +1,67 @@
+"""Image decoding and resizing the way the Levi-Hassner nets were trained (256 px, 227 px crops)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+TRAIN_SIZE = 256
+CROP_SIZE = 227
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+
+
+class ImageError(ValueError):
+    """An image file that cannot be decoded."""
+
+
+def load_rgb(path: str | os.PathLike, size: int = TRAIN_SIZE) -> np.ndarray:
+    """Decode any image file to RGB uint8 `(size, size, 3)`: EXIF-rotated, any mode, resized (aspect not kept)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+                # Transparent pixels become white rather than whatever colour hides behind them.
+                background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+                image = Image.alpha_composite(background, image.convert("RGBA"))
+            elif image.mode in ("I", "I;16", "I;16B", "F"):
+                # 16-bit and float images are rescaled to 0..255 instead of being clipped.
+                array = np.asarray(image, dtype=np.float64)
+                span = float(array.max() - array.min()) or 1.0
+                image = Image.fromarray(((array - array.min()) / span * 255).astype(np.uint8))
+            rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+            return np.asarray(rgb, dtype=np.uint8)
+    except FileNotFoundError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ImageError(f"cannot decode image {path}: {err} (is it a complete image file?)") from err
+
+
+def center_crop(images: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
+    """Crop the central `size` x `size` pixels of an image `(H, W, C)` or batch `(N, H, W, C)`."""
+    height, width = images.shape[-3], images.shape[-2]
+    if height < size or width < size:
+        raise ValueError(f"image of {height}x{width} is smaller than the {size}x{size} crop")
+    top, left = (height - size) // 2, (width - size) // 2
+    return images[..., top : top + size, left : left + size, :]
+
+
+def load_model_input(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image to the model's input: RGB float32 `(227, 227, 3)` in 0..255, resized then centre-cropped."""
+    return center_crop(load_rgb(path)).astype(np.float32)
+
+
+def list_images(paths: list[str | os.PathLike]) -> list[Path]:
+    """Expand files and folders (not recursive) into a sorted list of image files."""
+    found: list[Path] = []
+    for entry in map(Path, paths):
+        if entry.is_dir():
+            found.extend(sorted(p for p in entry.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+        elif entry.exists():
+            found.append(entry)
+        else:
+            raise FileNotFoundError(f"no such image or folder: {entry}")
+    return found

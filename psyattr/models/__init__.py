@@ -1,0 +1,10 @@
+"""The Levi-Hassner base nets, their layers, groups, weights and the Caffe importer."""
+
+from psyattr.models.groups import freeze, set_trainable_groups, trainable_groups, unfreeze
+from psyattr.models.layers import CaffeLRN, CaffePreprocess
+from psyattr.models.levi_hassner import AGE_GROUPS, CLASS_NAMES, GENDERS, build_base_model
+
+__all__ = [
+    "AGE_GROUPS", "CLASS_NAMES", "GENDERS", "CaffeLRN", "CaffePreprocess", "build_base_model", "freeze",
+    "set_trainable_groups", "trainable_groups", "unfreeze",
+]

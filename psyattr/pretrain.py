@@ -1,0 +1,238 @@
+"""Pretraining the age and gender base nets with Levi & Hassner's recipe."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from psyattr.checkpoints import EpochCheckpoint, atomic_save_model, atomic_write_text, prepare_run_dir
+from psyattr.data.cache import decode_images
+from psyattr.data.images import CROP_SIZE, TRAIN_SIZE, center_crop
+from psyattr.data.labels import FaceRecord, labelled
+from psyattr.data.splits import stratified_split
+from psyattr.models.levi_hassner import CLASS_NAMES, build_base_model, build_levi_hassner, check_task
+from psyattr.models.metrics import classification_scores, confusion_matrix, one_off_accuracy
+from psyattr.models.precision import dtype_policy, resolve_precision
+
+log = logging.getLogger(__name__)
+
+ARCHITECTURE = "levi_hassner"
+# Levi & Hassner's initialisation: Gaussian weights (std per layer) and constant biases.
+_INIT = {"conv1": (0.01, 0.0), "conv2": (0.01, 1.0), "conv3": (0.01, 0.0), "fc6": (0.005, 1.0),
+         "fc7": (0.005, 1.0), "fc8": (0.01, 0.0)}
+
+
+@dataclasses.dataclass
+class PretrainConfig:
+    """Hyper-parameters of a pretraining run (Levi & Hassner's recipe, scaled to epochs)."""
+
+    task: str
+    epochs: int = 30
+    batch_size: int = 50
+    learning_rate: float = 1e-3
+    lr_step_epochs: int = 12
+    lr_decay: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    dropout: float = 0.5
+    seed: int = 0
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    precision: str = "auto"
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        check_task(self.task)
+        if self.epochs < 1 or self.batch_size < 1 or self.lr_step_epochs < 1:
+            raise ValueError("epochs, batch_size and lr_step_epochs must be >= 1")
+        self.split = tuple(float(f) for f in self.split)
+
+
+def learning_rate_at(config: PretrainConfig, epoch: int) -> float:
+    """Step decay: the base rate times `lr_decay` for every `lr_step_epochs` epochs done."""
+    return config.learning_rate * config.lr_decay ** (epoch // config.lr_step_epochs)
+
+
+def init_levi_hassner(model: keras.Model, seed: int) -> None:
+    """Give a Levi-Hassner net its authors' Gaussian initialisation."""
+    rng = np.random.default_rng(seed)
+    for name, (std, bias) in _INIT.items():
+        layer = model.get_layer(name)
+        kernel, bias_var = layer.kernel, layer.bias
+        kernel.assign(rng.normal(0.0, std, kernel.shape).astype("float32"))
+        bias_var.assign(np.full(bias_var.shape, bias, dtype="float32"))
+
+
+def _train_batches(images: np.ndarray, labels: np.ndarray, batch: int, seed: int) -> Iterator[tuple]:
+    # Random 227 crops of the 256 px images and random mirroring, as Levi & Hassner trained.
+    rng = np.random.default_rng(seed)
+    margin = images.shape[1] - CROP_SIZE
+    while True:
+        order = rng.permutation(len(images))
+        for start in range(0, len(order), batch):
+            index = np.sort(order[start : start + batch])
+            offsets = rng.integers(0, margin + 1, size=(len(index), 2))
+            flips = rng.random(len(index)) < 0.5
+            out = np.empty((len(index), CROP_SIZE, CROP_SIZE, 3), dtype=np.float32)
+            for k, (i, (top, left), flip) in enumerate(zip(index, offsets, flips)):
+                crop = images[i, top : top + CROP_SIZE, left : left + CROP_SIZE]
+                out[k] = crop[:, ::-1] if flip else crop
+            yield out, labels[index].astype(np.int32)
+
+
+def train_dataset(images: np.ndarray, labels: np.ndarray, batch: int, seed: int) -> tf.data.Dataset:
+    """An endless tf.data stream of augmented training batches, prefetched while the model trains."""
+    spec = (tf.TensorSpec((None, CROP_SIZE, CROP_SIZE, 3), tf.float32), tf.TensorSpec((None,), tf.int32))
+    return tf.data.Dataset.from_generator(
+        lambda: _train_batches(images, labels, batch, seed), output_signature=spec
+    ).prefetch(tf.data.AUTOTUNE)
+
+
+def split_records(records: Sequence[FaceRecord], config: PretrainConfig) -> dict[str, list[FaceRecord]]:
+    """The seeded split, stratified by the task's label, into train / validation / test."""
+    records = labelled(records, config.task)
+    if config.limit:
+        order = np.random.default_rng(config.seed).permutation(len(records))[: config.limit]
+        records = [records[i] for i in sorted(order)]
+    if len(records) < 3:
+        raise ValueError(f"need at least 3 images labelled for {config.task!r}, got {len(records)}")
+    parts = stratified_split([r.label(config.task) for r in records], config.split, config.seed)
+    return {name: [records[i] for i in part] for name, part in zip(("train", "validation", "test"), parts)}
+
+
+def _compile(model: keras.Model, config: PretrainConfig) -> None:
+    metrics: list[Any] = ["accuracy"]
+    if config.task == "age":
+        metrics.append(one_off_accuracy)
+    model.compile(
+        optimizer=keras.optimizers.SGD(
+            config.learning_rate, momentum=config.momentum, weight_decay=config.weight_decay
+        ),
+        loss="sparse_categorical_crossentropy",
+        metrics=metrics,
+    )
+
+
+def _load_split(run_dir: Path, records: Sequence[FaceRecord], config: PretrainConfig) -> dict[str, list[FaceRecord]]:
+    split_file = run_dir / "split.json"
+    if split_file.exists():
+        # A resumed run keeps the split it started with, whatever has changed in the data folder since.
+        saved = json.loads(split_file.read_text())
+        by_path = {str(r.path): r for r in records}
+        missing = [p for part in saved.values() for p in part if p not in by_path]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} image(s) of the saved split are gone, e.g. {missing[0]}")
+        return {name: [by_path[p] for p in paths] for name, paths in saved.items()}
+    split = split_records(records, config)
+    atomic_write_text(split_file, json.dumps({k: [str(r.path) for r in v] for k, v in split.items()}, indent=1))
+    return split
+
+
+def _decode_split(split: dict[str, list[FaceRecord]], task: str, cache_dir, progress: bool):
+    everything = [r for part in split.values() for r in part]
+    images, kept = decode_images([r.path for r in everything], TRAIN_SIZE, cache_dir, progress)
+    position = {int(k): i for i, k in enumerate(kept)}
+    out, start = {}, 0
+    for name, part in split.items():
+        index = [position[start + j] for j in range(len(part)) if start + j in position]
+        labels = np.asarray([everything[start + j].label(task) for j in range(len(part)) if start + j in position])
+        out[name] = (images[index], labels)
+        start += len(part)
+    return out
+
+
+def pretrain(
+    records: Sequence[FaceRecord],
+    run_dir: str | os.PathLike,
+    config: PretrainConfig,
+    resume: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+    keep_checkpoints: int = 3,
+    tensorboard: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train a base net on `records` into `run_dir`; checkpoint each epoch; return the test metrics."""
+    run_dir = Path(run_dir)
+    precision = resolve_precision(config.precision)
+    identity = {"kind": "pretrain", "task": config.task, "architecture": ARCHITECTURE}
+    state = prepare_run_dir(run_dir, identity, resume)
+    if state is None:
+        atomic_write_text(run_dir / "config.json", json.dumps(dataclasses.asdict(config), indent=2))
+    split = _load_split(run_dir, records, config)
+    data = _decode_split(split, config.task, cache_dir, progress)
+    (train_x, train_y), (val_x, val_y) = data["train"], data["validation"]
+    if len(train_x) == 0:
+        raise ValueError("no training image could be decoded")
+    log.info("split: %s images (train/validation/test)", "/".join(str(len(v[0])) for v in data.values()))
+
+    with dtype_policy(precision):
+        if state is None:
+            model = build_levi_hassner(len(CLASS_NAMES[config.task]), f"{config.task}_net", dropout=config.dropout)
+            init_levi_hassner(model, config.seed)
+            _compile(model, config)
+            initial_epoch, history = 0, []
+        else:
+            model = keras.models.load_model(run_dir / state["checkpoint"])
+            initial_epoch, history = int(state["epoch"]), state["history"]
+            log.info("resuming %s from epoch %d", run_dir, initial_epoch)
+
+    callbacks: list[keras.callbacks.Callback] = [
+        keras.callbacks.LearningRateScheduler(lambda epoch: learning_rate_at(config, epoch)),
+        EpochCheckpoint(run_dir, identity, history, keep=keep_checkpoints),
+    ]
+    if tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False))
+    if initial_epoch < config.epochs:
+        model.fit(
+            train_dataset(train_x, train_y, config.batch_size, config.seed + initial_epoch),
+            steps_per_epoch=math.ceil(len(train_x) / config.batch_size),
+            validation_data=(center_crop(val_x).astype(np.float32), val_y) if len(val_x) else None,
+            validation_batch_size=config.batch_size,
+            epochs=config.epochs,
+            initial_epoch=initial_epoch,
+            callbacks=callbacks,
+            verbose=1 if progress else 2,
+            shuffle=False,
+        )
+    return finish_pretraining(model, run_dir, config, data)
+
+
+def finish_pretraining(model: keras.Model, run_dir: Path, config: PretrainConfig, data: dict) -> dict[str, Any]:
+    """Copy the trained weights into a float32 base net, save it, and score it on the held-out test split."""
+    final = build_base_model(config.task)
+    final.set_weights(model.get_weights())
+    atomic_save_model(final, run_dir / "model.keras")
+    metrics: dict[str, Any] = {"task": config.task}
+    for name in ("validation", "test"):
+        images, labels = data[name]
+        if not len(images):
+            continue
+        predicted = predict_classes(final, images, config.batch_size)
+        metrics[name] = classification_scores(labels, predicted)
+        if name == "test":
+            matrix = confusion_matrix(labels, predicted, len(CLASS_NAMES[config.task]))
+            metrics["confusion_matrix"] = matrix.tolist()
+            from psyattr.plots import plot_confusion_matrix
+
+            plot_confusion_matrix(matrix, CLASS_NAMES[config.task], run_dir / "confusion_matrix.png",
+                                  title=f"{config.task} net, held-out test split ({len(labels)} images)")
+    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+    return metrics
+
+
+def predict_classes(model: keras.Model, images_256: np.ndarray, batch_size: int = 50) -> np.ndarray:
+    """Class indices for 256 px uint8 images, scored on their centre crops."""
+    predicted = []
+    for start in range(0, len(images_256), batch_size):
+        batch = center_crop(images_256[start : start + batch_size]).astype(np.float32)
+        predicted.append(np.argmax(model.predict_on_batch(batch), axis=-1))
+    return np.concatenate(predicted) if predicted else np.zeros(0, int)
