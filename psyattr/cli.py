@@ -110,6 +110,45 @@ def pretrain(task, data, out, epochs, batch_size, learning_rate, lr_step_epochs,
                f"confusion matrix: {out / 'confusion_matrix.png'}")
 
 
+@cli.command()
+@click.option("--model", "model_spec", required=True,
+              help="A .keras file, a run folder, or a base net: age, gender (shipped weights) or age:PRESET.")
+@click.option("--target", help="Output to explain: a name (e.g. happy, female) or an index [default: top output].")
+@click.option("--composite", default="alpha2beta1", show_default=True,
+              help="LRP composite, or gradient / gradient_x_input.")
+@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--jit/--no-jit", default=True, show_default=True, help="Compile the relevance graph with XLA.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--progress/--no-progress", default=True)
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+def explain(model_spec, target, composite, batch_size, jit, out, progress, images) -> None:
+    """Explain IMAGES (files or folders): a PNG heatmap, the relevance .npy and the scores .json per image."""
+    from psyattr.data.images import list_images
+    from psyattr.explain import explain_files
+    from psyattr.lrp import COMPOSITES, GRADIENT_METHODS, LRPError, LRPExplainer
+    from psyattr.models.loading import load_model
+
+    if composite not in COMPOSITES and composite not in GRADIENT_METHODS:
+        fail(f"unknown composite {composite!r}: expected one of {', '.join([*sorted(COMPOSITES), *GRADIENT_METHODS])}")
+    try:
+        paths = list_images(list(images))
+        if not paths:
+            fail(f"no images found in {', '.join(map(str, images))}")
+        explainer = LRPExplainer(load_model(model_spec), composite, jit_compile=jit)
+        parsed_target = int(target) if target is not None and target.isdigit() else target
+        if parsed_target is not None:
+            explainer.resolve_targets(parsed_target, 1)
+        written, skipped = explain_files(explainer, paths, out, parsed_target, batch_size, progress)
+    except (LRPError, ValueError, FileNotFoundError) as err:
+        fail(str(err))
+    for path, why in skipped:
+        click.echo(f"skipped {path}: {why}", err=True)
+    if not written:
+        fail(f"none of the {len(paths)} images could be read")
+    click.echo(f"explained {len(written)} image(s) with {explainer.name} into {out}"
+               + (f"; skipped {len(skipped)}" if skipped else ""))
+
+
 def main() -> None:
     """Entry point of the `psyattr` console script."""
     cli(prog_name="psyattr")

@@ -1,0 +1,166 @@
+"""The relevance graph on the full Levi-Hassner net: conservation, XLA vs eager, batching, bad input."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from psyattr.lrp import COMPOSITES, AlphaBeta, Epsilon, LRPError, LRPExplainer, ZBox
+from psyattr.lrp.composites import get_composite
+from psyattr.models import build_base_model
+
+EXPECTED_COMPOSITES = {"epsilon", "alpha2beta1", "alpha1beta0", "epsilon_plus", "epsilon_alpha2beta1",
+                       "epsilon_plus_flat", "epsilon_alpha2beta1_flat", "epsilon_gamma_box"}
+
+
+def random_net(task: str, seed: int, zero_bias: bool) -> keras.Model:
+    model = build_base_model(task)
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if layer.weights:
+            kernel = layer.get_weights()[0]
+            fan_in = int(np.prod(kernel.shape[:-1]))
+            bias = np.zeros(kernel.shape[-1]) if zero_bias else rng.normal(0.1, 0.3, kernel.shape[-1])
+            layer.set_weights([rng.normal(0, 1.2 / np.sqrt(fan_in), kernel.shape).astype("float32"),
+                               bias.astype("float32")])
+    return model
+
+
+@pytest.fixture(scope="module")
+def zero_bias_net() -> keras.Model:
+    return random_net("age", 0, zero_bias=True)
+
+
+@pytest.fixture(scope="module")
+def biased_net() -> keras.Model:
+    return random_net("age", 1, zero_bias=False)
+
+
+def test_all_composites_are_registered():
+    assert EXPECTED_COMPOSITES <= set(COMPOSITES)
+
+
+@pytest.mark.parametrize("composite, options", [("epsilon", {"epsilon": 1e-9}), ("alpha2beta1", {})])
+def test_relevance_sums_to_the_logit_with_zero_biases(zero_bias_net, face_images, composite, options):
+    explainer = LRPExplainer(zero_bias_net, composite, jit_compile=True, **options)
+    logits = explainer.scores(face_images[:4])
+    # Never divide by a score near zero: explain each image's largest-magnitude logit.
+    targets = np.argmax(np.abs(logits), axis=1)
+    assert np.abs(logits[np.arange(4), targets]).min() > 1.0
+    scores, relevance = explainer(face_images[:4], targets)
+    np.testing.assert_allclose(scores, logits[np.arange(4), targets], rtol=1e-5)
+    sums = relevance.reshape(4, -1).sum(axis=1, dtype=np.float64)
+    np.testing.assert_allclose(sums, scores, rtol=1e-3)
+    assert relevance.shape == (4, 227, 227, 3) and relevance.dtype == np.float32
+
+
+@pytest.mark.parametrize("composite", sorted(EXPECTED_COMPOSITES) + ["gradient", "gradient_x_input"])
+def test_jit_and_eager_agree(biased_net, face_images, composite):
+    jit = LRPExplainer(biased_net, composite, jit_compile=True)(face_images[:2], [0, 3])
+    eager = LRPExplainer(biased_net, composite, jit_compile=False)(face_images[:2], [0, 3])
+    np.testing.assert_allclose(jit.scores, eager.scores, rtol=1e-5)
+    assert np.abs(jit.relevance - eager.relevance).max() <= 1e-5 * np.abs(eager.relevance).max()
+    assert np.isfinite(jit.relevance).all()
+
+
+def test_results_do_not_depend_on_batch_size_or_position(biased_net, face_images):
+    explainer = LRPExplainer(biased_net, "alpha2beta1")
+    alone = explainer(face_images[2:3], 5).relevance[0]
+    batch = explainer(face_images[:6], 5).relevance
+    reversed_batch = explainer(face_images[:6][::-1].copy(), 5).relevance
+    scale = np.abs(alone).max()
+    assert np.abs(batch[2] - alone).max() <= 1e-5 * scale
+    assert np.abs(reversed_batch[3] - alone).max() <= 1e-5 * scale
+
+
+def test_one_trace_serves_every_call_of_the_same_shape(biased_net, face_images):
+    explainer = LRPExplainer(biased_net, "epsilon")
+    for target in (0, 1, "25-32"):
+        explainer(face_images[:2], target)
+    assert explainer._explain_fn.experimental_get_tracing_count() == 1
+
+
+def test_zero_pre_activation_gives_no_nan():
+    inputs = keras.Input((6,))
+    hidden = keras.layers.Dense(4, activation="relu", name="hidden", kernel_initializer="zeros")(inputs)
+    outputs = keras.layers.Dense(2, name="out")(hidden)
+    model = keras.Model(inputs, outputs)
+    for composite in sorted(EXPECTED_COMPOSITES - {"epsilon_gamma_box"}) + ["gradient"]:
+        explainer = LRPExplainer(model, composite, jit_compile=False)
+        _, relevance = explainer(np.zeros((2, 6), np.float32), 0)
+        assert np.isfinite(relevance).all(), composite
+        assert np.all(relevance == 0)
+
+
+def test_layer_rules_by_name_override_the_composite(biased_net, face_images):
+    plain = LRPExplainer(biased_net, "epsilon")
+    mixed = LRPExplainer(biased_net, "epsilon", layer_rules={"conv1": AlphaBeta(2, 1)})
+    assert mixed.graph.rules["conv1"] == AlphaBeta(2, 1) and mixed.graph.rules["conv2"] == Epsilon()
+    assert not np.allclose(plain(face_images[:1], 0).relevance, mixed(face_images[:1], 0).relevance)
+    with pytest.raises(LRPError, match="rules given for layers not in age_net: conv9"):
+        LRPExplainer(biased_net, "epsilon", layer_rules={"conv9": Epsilon()})
+
+
+def test_zbox_bounds_come_from_the_caffe_preprocessing(biased_net):
+    rule = LRPExplainer(biased_net, "epsilon_gamma_box").graph.rules["conv1"]
+    assert isinstance(rule, ZBox)
+    np.testing.assert_allclose(rule.low, [-78.426, -87.769, -114.896])
+    np.testing.assert_allclose(rule.high, [255 - 78.426, 255 - 87.769, 255 - 114.896])
+
+
+def test_targets_by_name_index_or_per_image(biased_net, face_images):
+    explainer = LRPExplainer(biased_net, "epsilon")
+    by_name = explainer(face_images[:2], "25-32")
+    by_index = explainer(face_images[:2], 4)
+    np.testing.assert_array_equal(by_name.relevance, by_index.relevance)
+    per_image = explainer(face_images[:2], [4, 0])
+    np.testing.assert_allclose(per_image.relevance[0], by_index.relevance[0], rtol=1e-6)
+    top = explainer(face_images[:2])
+    np.testing.assert_allclose(top.scores, explainer.scores(face_images[:2]).max(axis=1), rtol=1e-6)
+
+
+def test_bad_targets_name_the_outputs(biased_net, face_images):
+    explainer = LRPExplainer(biased_net, "epsilon")
+    with pytest.raises(ValueError, match=r"target 8 is out of range: the model has 8 outputs \(0..7: 0-2, 4-6"):
+        explainer(face_images[:1], 8)
+    with pytest.raises(ValueError, match=r"unknown target 'happy': the outputs are 0-2, 4-6"):
+        explainer(face_images[:1], "happy")
+    with pytest.raises(ValueError, match="got 3 targets for 2 images"):
+        explainer(face_images[:2], [0, 1, 2])
+
+
+def test_bad_images_are_refused_with_the_expected_shape(biased_net, face_images):
+    explainer = LRPExplainer(biased_net, "epsilon")
+    with pytest.raises(ValueError, match=r"must have shape \(N, 227, 227, 3\), got \(1, 224, 224, 3\)"):
+        explainer(np.zeros((1, 224, 224, 3), np.float32), 0)
+    with pytest.raises(ValueError, match=r"got one image \(227, 227, 3\): add a batch axis"):
+        explainer(face_images[0], 0)
+    with pytest.raises(ValueError, match="must be float .* got dtype <U1|must be float .* got dtype"):
+        explainer(np.full((1, 227, 227, 3), "a"), 0)
+    with pytest.raises(ValueError, match="NaN"):
+        explainer(np.full((1, 227, 227, 3), np.nan, np.float32), 0)
+    with pytest.raises(ValueError, match="empty batch"):
+        explainer(np.zeros((0, 227, 227, 3), np.float32), 0)
+
+
+def test_unsupported_layer_is_refused_up_front_with_name_and_type():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.Flatten()(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="out")(x))
+    with pytest.raises(LRPError, match=r"layers without an LRP rule: 'bn' \(BatchNormalization\)"):
+        LRPExplainer(model)
+
+
+def test_fused_activations_are_split_and_unknown_composites_refused(face_images):
+    inputs = keras.Input((10,))
+    x = keras.layers.Dense(6, activation="relu", name="hidden")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="out")(x))
+    explainer = LRPExplainer(model, "epsilon", jit_compile=False, epsilon=1e-9)
+    x_in = np.random.default_rng(0).normal(size=(2, 10)).astype("float32")
+    logits = explainer.scores(x_in)
+    assert not np.allclose(logits.sum(axis=1), 1.0)  # pre-softmax values, not probabilities
+    with pytest.raises(ValueError, match="unknown composite 'lrp_magic'"):
+        get_composite("lrp_magic")
