@@ -1,0 +1,77 @@
+#!/usr/bin/env python
+"""Benchmark LRP on the Levi-Hassner net: median ms/image for forward, input gradient and each composite.
+
+Methods are timed in interleaved rounds (every method once per round), so that the ratios printed at the
+end compare numbers measured under the same machine load. Usage:
+
+    python scripts/bench_lrp.py [--model age] [--batches 1 16] [--rounds 7] [--no-eager]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from psyattr.lrp import LRPExplainer
+from psyattr.lrp.composites import COMPOSITES
+from psyattr.models import build_base_model
+from psyattr.models.loading import load_model
+
+
+def faces(count: int) -> np.ndarray:
+    """Real faces from $PSYATTR_DATA_DIR/omi when present, else random pixels."""
+    from psyattr.data.images import load_model_input
+
+    folder = Path(os.environ.get("PSYATTR_DATA_DIR", "")) / "omi" / "images_256"
+    files = sorted(folder.glob("*.jpg"))[:count] if folder.is_dir() else []
+    if len(files) == count:
+        return np.stack([load_model_input(p) for p in files])
+    return np.random.default_rng(0).uniform(0, 255, (count, 227, 227, 3)).astype(np.float32)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="model spec (default: the age net, random weights)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--no-eager", action="store_true", help="skip the eager (non-XLA) composites")
+    args = parser.parse_args()
+
+    model = load_model(args.model) if args.model else build_base_model("age")
+    forward = tf.function(lambda x: model(x, training=False), jit_compile=True)
+    methods = {"forward (jit)": None, "gradient (jit)": LRPExplainer(model, "gradient", jit_compile=True)}
+    for name in COMPOSITES:
+        methods[f"{name} (jit)"] = LRPExplainer(model, name, jit_compile=True)
+        if not args.no_eager:
+            methods[f"{name} (eager)"] = LRPExplainer(model, name, jit_compile=False)
+    print(f"{os.cpu_count()} CPU threads, TensorFlow {tf.__version__}; median ms/image over {args.rounds} rounds")
+
+    for batch in args.batches:
+        images = faces(batch)
+        tensor = tf.constant(images)
+        calls = {name: (lambda e=e: e(images, 0)) if e is not None else (lambda: forward(tensor).numpy())
+                 for name, e in methods.items()}
+        for call in calls.values():  # compile and warm up
+            call()
+        times: dict[str, list[float]] = {name: [] for name in calls}
+        for _ in range(args.rounds):
+            for name, call in calls.items():
+                start = time.perf_counter()
+                call()
+                times[name].append((time.perf_counter() - start) * 1000 / batch)
+        base = statistics.median(times["gradient (jit)"])
+        print(f"\nbatch {batch}")
+        print(f"  {'method':34s} {'ms/image':>9s} {'x jit gradient':>15s}")
+        for name, values in times.items():
+            median = statistics.median(values)
+            print(f"  {name:34s} {median:9.2f} {median / base:15.2f}")
+
+
+if __name__ == "__main__":
+    main()
