@@ -7,18 +7,18 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from psyattr.checkpoints import EpochCheckpoint, atomic_save_model, atomic_write_text, prepare_run_dir
 from psyattr.data.cache import decode_images
-from psyattr.data.images import CROP_SIZE, TRAIN_SIZE, center_crop
+from psyattr.data.images import TRAIN_SIZE, center_crop
 from psyattr.data.labels import FaceRecord, labelled
+from psyattr.data.pipeline import train_dataset
 from psyattr.data.splits import stratified_split
 from psyattr.models.levi_hassner import CLASS_NAMES, build_base_model, build_levi_hassner, check_task
 from psyattr.models.metrics import classification_scores, confusion_matrix, one_off_accuracy
@@ -70,31 +70,6 @@ def init_levi_hassner(model: keras.Model, seed: int) -> None:
         kernel, bias_var = layer.kernel, layer.bias
         kernel.assign(rng.normal(0.0, std, kernel.shape).astype("float32"))
         bias_var.assign(np.full(bias_var.shape, bias, dtype="float32"))
-
-
-def _train_batches(images: np.ndarray, labels: np.ndarray, batch: int, seed: int) -> Iterator[tuple]:
-    # Random 227 crops of the 256 px images and random mirroring, as Levi & Hassner trained.
-    rng = np.random.default_rng(seed)
-    margin = images.shape[1] - CROP_SIZE
-    while True:
-        order = rng.permutation(len(images))
-        for start in range(0, len(order), batch):
-            index = np.sort(order[start : start + batch])
-            offsets = rng.integers(0, margin + 1, size=(len(index), 2))
-            flips = rng.random(len(index)) < 0.5
-            out = np.empty((len(index), CROP_SIZE, CROP_SIZE, 3), dtype=np.float32)
-            for k, (i, (top, left), flip) in enumerate(zip(index, offsets, flips)):
-                crop = images[i, top : top + CROP_SIZE, left : left + CROP_SIZE]
-                out[k] = crop[:, ::-1] if flip else crop
-            yield out, labels[index].astype(np.int32)
-
-
-def train_dataset(images: np.ndarray, labels: np.ndarray, batch: int, seed: int) -> tf.data.Dataset:
-    """An endless tf.data stream of augmented training batches, prefetched while the model trains."""
-    spec = (tf.TensorSpec((None, CROP_SIZE, CROP_SIZE, 3), tf.float32), tf.TensorSpec((None,), tf.int32))
-    return tf.data.Dataset.from_generator(
-        lambda: _train_batches(images, labels, batch, seed), output_signature=spec
-    ).prefetch(tf.data.AUTOTUNE)
 
 
 def split_records(records: Sequence[FaceRecord], config: PretrainConfig) -> dict[str, list[FaceRecord]]:
@@ -193,7 +168,7 @@ def pretrain(
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False))
     if initial_epoch < config.epochs:
         model.fit(
-            train_dataset(train_x, train_y, config.batch_size, config.seed + initial_epoch),
+            train_dataset(train_x, train_y.astype(np.int32), config.batch_size, config.seed + initial_epoch),
             steps_per_epoch=math.ceil(len(train_x) / config.batch_size),
             validation_data=(center_crop(val_x).astype(np.float32), val_y) if len(val_x) else None,
             validation_batch_size=config.batch_size,

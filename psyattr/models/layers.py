@@ -68,3 +68,42 @@ class CaffeLRN(keras.layers.Layer):
             "beta": self.beta,
             "k": self.k,
         }
+
+
+@keras.saving.register_keras_serializable(package="psyattr")
+class AttributeScores(keras.layers.Layer):
+    """Named attribute scores in [0, 1]: values are clipped to [0, 1], the gradient passes straight through.
+
+    Each attribute keeps the rating scale of its data set (`scale_low`..`scale_high`, e.g. 1..9 or
+    0..100), so that scores can be reported on it: `rating = low + score * (high - low)`. LRP starts
+    below this layer, at the unclipped score.
+    """
+
+    is_output_activation = True
+
+    def __init__(self, names: Sequence[str], scale_low: Sequence[float], scale_high: Sequence[float], **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.output_names = [str(n) for n in names]
+        self.scale_low = [float(v) for v in scale_low]
+        self.scale_high = [float(v) for v in scale_high]
+        if not (len(self.output_names) == len(self.scale_low) == len(self.scale_high)) or not self.output_names:
+            raise ValueError("AttributeScores needs one name, scale_low and scale_high per attribute")
+        if any(lo >= hi for lo, hi in zip(self.scale_low, self.scale_high)):
+            raise ValueError(f"each scale_low must be below its scale_high, got {self.scale_low} and {self.scale_high}")
+
+    def call(self, inputs):
+        clipped = tf.clip_by_value(inputs, 0.0, 1.0)
+        return inputs + tf.stop_gradient(clipped - inputs)
+
+    def to_rating_scale(self, scores):
+        """Map [0, 1] scores `(N, attributes)` to each attribute's rating scale."""
+        low = tf.constant(self.scale_low, dtype=scores.dtype)
+        return low + scores * (tf.constant(self.scale_high, dtype=scores.dtype) - low)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "names": self.output_names, "scale_low": self.scale_low,
+                "scale_high": self.scale_high}

@@ -1,0 +1,164 @@
+"""The paper's experiment: 2 bases x 2 modes x 4 attributes, Table 1 (test MAE) and Fig. 3 (learning curves)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from psyattr.checkpoints import atomic_write_text, read_state
+from psyattr.data.rated import PAPER_ATTRIBUTES, RatedFaces
+from psyattr.train import TrainConfig, train_regressor
+
+log = logging.getLogger(__name__)
+
+BASES = ("age", "gender")
+MODES = ("dense", "full")
+
+
+def run_name(base: str, mode: str, attribute: str) -> str:
+    """The run folder name of one grid cell."""
+    return f"{_base_label(base)}_{mode}_{attribute}"
+
+
+def run_grid(data: RatedFaces, out_dir: str | os.PathLike, data_spec: dict[str, Any],
+             bases: Sequence[str] = BASES, modes: Sequence[str] = MODES,
+             attributes: Sequence[str] = PAPER_ATTRIBUTES, epochs: dict[str, int] | None = None, seed: int = 0,
+             cache_dir: str | os.PathLike | None = None, progress: bool = True) -> list[Path]:
+    """Train every (base, mode, attribute) model that is not finished yet (resuming partial runs); return run dirs."""
+    out_dir = Path(out_dir)
+    epochs = {"dense": 60, "full": 30, **(epochs or {})}
+    for attribute in attributes:
+        data.resolve(attribute)  # unknown attributes fail before any training starts
+    runs = []
+    for mode in modes:
+        for base in bases:
+            for attribute in attributes:
+                run_dir = out_dir / run_name(base, mode, attribute)
+                runs.append(run_dir)
+                state = read_state(run_dir)
+                if state and state["epoch"] >= epochs[mode] and (run_dir / "metrics.json").exists():
+                    log.info("%s is complete, skipped", run_dir.name)
+                    continue
+                log.info("training %s (%d epochs)", run_dir.name, epochs[mode])
+                config = TrainConfig(base, mode, [attribute], epochs=epochs[mode], seed=seed)
+                train_regressor(data, run_dir, config, data_spec, resume=state is not None, cache_dir=cache_dir,
+                                progress=progress)
+    return runs
+
+
+def collect_runs(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every finished run under `out_dir`: its config, metrics and per-epoch history."""
+    found = []
+    for run_dir in sorted(Path(out_dir).iterdir()):
+        metrics_file, config_file = run_dir / "metrics.json", run_dir / "config.json"
+        if not (run_dir.is_dir() and metrics_file.exists() and config_file.exists()):
+            continue
+        config = json.loads(config_file.read_text())
+        state = read_state(run_dir) or {"history": []}
+        found.append({"dir": run_dir, "config": config, "metrics": json.loads(metrics_file.read_text()),
+                      "history": state["history"]})
+    return found
+
+
+def _base_label(base: str) -> str:
+    return base.split(":")[0] if base.split(":")[0] in BASES else Path(base).stem
+
+
+def table_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (run, attribute): the numbers of Table 1."""
+    rows = []
+    for run in runs:
+        config = run["config"]
+        for requested, column in zip(config["attributes"], config["columns"]):
+            m = run["metrics"]["attributes"][column]
+            rows.append({
+                "attribute": requested, "column": column, "base": _base_label(config["base"]), "mode": config["mode"],
+                "epochs": len(run["history"]) or config["epochs"], "seed": config["seed"],
+                "mae_1_9": m["mae_1_9"], "mae_native": m["mae_native"], "pearson_r": m["pearson_r"],
+                "baseline_mae_1_9": m["baseline_mae_1_9"], "baseline_mae_native": m["baseline_mae_native"],
+                "beats_baseline": m["mae"] < m["baseline_mae"], "test_count": m["count"],
+            })
+    order = {a: i for i, a in enumerate(PAPER_ATTRIBUTES)}
+    return sorted(rows, key=lambda r: (order.get(r["attribute"], 99), r["attribute"], r["base"], r["mode"]))
+
+
+def write_table1(runs: list[dict[str, Any]], out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Write Table 1 as Markdown and CSV; return both paths."""
+    out_dir = Path(out_dir)
+    rows = table_rows(runs)
+    if not rows:
+        raise ValueError(f"no finished runs under {out_dir}: train some first")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    csv_path = out_dir / "table1.csv"
+    atomic_write_text(csv_path, buffer.getvalue())
+    scale = runs[0]["metrics"]["scale"]
+    notes = sorted({note for run in runs for note in run["config"].get("notes", [])})
+    lines = [
+        f"# Table 1: test MAE of the fine-tuned models ({runs[0]['metrics']['dataset']}, "
+        f"{rows[0]['test_count']} test faces, seed {rows[0]['seed']})",
+        "",
+        f"MAE on the paper's 1..9 scale and on the data set's own {scale[0]:g}..{scale[1]:g} scale; baseline: always "
+        "predicting the training mean. Lower is better.",
+        "",
+        "| attribute | base | mode | epochs | MAE (1-9) | MAE (native) | Pearson r | baseline MAE (1-9) | beats baseline |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        label = r["attribute"] if r["attribute"] == r["column"] else f"{r['attribute']} ({r['column']})"
+        lines.append(f"| {label} | {r['base']} | {r['mode']} | {r['epochs']} | {r['mae_1_9']:.3f} | "
+                     f"{r['mae_native']:.2f} | {r['pearson_r']:.3f} | {r['baseline_mae_1_9']:.3f} | "
+                     f"{'yes' if r['beats_baseline'] else 'NO'} |")
+    if notes:
+        lines += ["", *[f"Note: {n}." for n in notes]]
+    md_path = out_dir / "table1.md"
+    atomic_write_text(md_path, "\n".join(lines) + "\n")
+    return md_path, csv_path
+
+
+def plot_fig3(runs: list[dict[str, Any]], path: str | os.PathLike) -> Path:
+    """Fig. 3: per attribute, the train (solid) and test (dashed) MAE per epoch of the four configurations."""
+    from psyattr.plots import plt
+
+    by_attribute: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        for requested in run["config"]["attributes"]:
+            by_attribute.setdefault(requested, []).append(run)
+    names = sorted(by_attribute, key=lambda a: (PAPER_ATTRIBUTES.index(a) if a in PAPER_ATTRIBUTES else 99, a))
+    cols = min(2, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 3.8 * rows), squeeze=False)
+    colours = {("age", "dense"): "tab:blue", ("age", "full"): "tab:cyan", ("gender", "dense"): "tab:red",
+               ("gender", "full"): "tab:orange"}
+    for ax, attribute in zip(axes.ravel(), names):
+        span = 8.0  # MAE on the paper's 1..9 scale
+        for run in sorted(by_attribute[attribute], key=lambda r: (r["config"]["base"], r["config"]["mode"])):
+            base, mode = _base_label(run["config"]["base"]), run["config"]["mode"]
+            history = [h for h in run["history"] if "train_mae" in h]
+            if not history:
+                continue
+            epochs = [h["epoch"] for h in history]
+            colour = colours.get((base, mode))
+            ax.plot(epochs, [h["train_mae"] * span for h in history], color=colour, label=f"{base}-based, {mode}")
+            ax.plot(epochs, [h["test_mae"] * span for h in history], color=colour, linestyle="--", alpha=0.7)
+        column = by_attribute[attribute][0]["config"]["columns"][0]
+        ax.set_title(attribute if attribute == column else f"{attribute} ({column} stands in)", fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("MAE on the 1..9 scale")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in axes.ravel()[len(names):]:
+        ax.axis("off")
+    fig.suptitle("Learning curves: training MAE (solid) and test MAE (dashed) per epoch", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,278 @@
+"""Fine-tuning a base net to rated attributes: dense mode on cached features, or the whole net."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from psyattr.checkpoints import EpochCheckpoint, atomic_save_model, atomic_write_text, prepare_run_dir
+from psyattr.data.cache import decode_images
+from psyattr.data.pipeline import center_crops, train_dataset
+from psyattr.data.rated import PAPER_SCALE, RatedFaces, RatingsError
+from psyattr.data.splits import half_split
+from psyattr.models.groups import FEATURES
+from psyattr.models.layers import AttributeScores
+from psyattr.models.loading import load_model
+from psyattr.models.precision import dtype_policy, resolve_precision
+from psyattr.models.regressor import build_attribute_regressor, check_mode
+from psyattr.transfer_metrics import regression_scores
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """A fine-tuning run: which base, which mode, which attributes, and the paper's optimiser settings."""
+
+    base: str
+    mode: str
+    attributes: list[str]
+    epochs: int = 40
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    momentum: float = 0.9
+    seed: int = 0
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_mode(self.mode)
+        if not self.attributes:
+            raise ValueError("give at least one attribute")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be >= 1")
+        self.attributes = list(self.attributes)
+
+
+def split_halves(data: RatedFaces, seed: int) -> dict[str, np.ndarray]:
+    """The paper's seeded 50/50 split over all faces of the data set (the same for every attribute)."""
+    train, test = half_split(len(data), seed)
+    return {"train": train, "test": test}
+
+
+def _valid_targets(data: RatedFaces, columns: Sequence[str], index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    targets = np.stack([data.normalised(c)[index] for c in columns], axis=1)
+    keep = np.all(np.isfinite(targets), axis=1)
+    return index[keep], targets[keep].astype(np.float32)
+
+
+def feature_model(model: keras.Model) -> keras.Model:
+    """The frozen part of a regressor: image to flattened pool5 features."""
+    return keras.Model(model.inputs, model.get_layer("flatten").output, name="features")
+
+
+def head_model(model: keras.Model) -> keras.Model:
+    """A stand-alone copy of a regressor's trainable part (fc6..scores), fed with pool5 features."""
+    inputs = keras.Input(model.get_layer("flatten").output.shape[1:], name="pool5_features")
+    x = inputs
+    for layer in model.layers:
+        if layer.name in FEATURES or isinstance(layer, keras.layers.InputLayer):
+            continue
+        clone = layer.__class__.from_config(layer.get_config())
+        x = clone(x)
+        if layer.weights:
+            clone.set_weights(layer.get_weights())
+    return keras.Model(inputs, x, name="head")
+
+
+def copy_weights(source: keras.Model, target: keras.Model) -> None:
+    """Copy every weighted layer of `source` into the layer of the same name in `target`."""
+    for layer in source.layers:
+        if layer.weights:
+            target.get_layer(layer.name).set_weights(layer.get_weights())
+
+
+class SplitMAE(keras.callbacks.Callback):
+    """At each epoch's end, the MAE ([0, 1] scale) of train and test halves in inference mode."""
+
+    def __init__(self, splits: dict[str, tuple[Any, np.ndarray]], batch_size: int):
+        super().__init__()
+        self.splits = splits
+        self.batch_size = batch_size
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is None:
+            return
+        for name, (inputs, targets) in self.splits.items():
+            predicted = self.model.predict(inputs, batch_size=self.batch_size * 4, verbose=0)
+            logs[f"{name}_mae"] = float(np.mean(np.abs(np.asarray(predicted, np.float32) - targets)))
+
+
+def _compile(model: keras.Model, config: TrainConfig) -> None:
+    model.compile(
+        optimizer=keras.optimizers.SGD(config.learning_rate, momentum=config.momentum, nesterov=True),
+        loss="mse",
+        metrics=["mae"],
+    )
+
+
+def train_regressor(
+    data: RatedFaces,
+    run_dir: str | os.PathLike,
+    config: TrainConfig,
+    data_spec: dict[str, Any] | None = None,
+    resume: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    keep_checkpoints: int = 2,
+) -> dict[str, Any]:
+    """Fine-tune `config.base` to `config.attributes` of `data` in `run_dir`; return the test metrics."""
+    run_dir = Path(run_dir)
+    columns = [data.resolve(a) for a in config.attributes]
+    identity = {"kind": "train", "base": config.base, "mode": config.mode, "attributes": columns}
+    state = prepare_run_dir(run_dir, identity, resume)
+    notes = [n for n in (data.note(a) for a in config.attributes) if n]
+    if state is None:
+        atomic_write_text(run_dir / "config.json", json.dumps(
+            {**dataclasses.asdict(config), "columns": columns, "data": data_spec or {"name": data.name},
+             "scale": data.scale, "notes": notes, "problems": data.problems}, indent=2))
+    splits = split_halves(data, config.seed)
+    train_index, train_y = _valid_targets(data, columns, splits["train"])
+    test_index, test_y = _valid_targets(data, columns, splits["test"])
+    images, kept = decode_images(data.paths, 256, cache_dir, progress)
+    position = {int(k): i for i, k in enumerate(kept)}
+    train_keep = np.asarray([i in position for i in train_index], bool)
+    test_keep = np.asarray([i in position for i in test_index], bool)
+    train_index, train_y = train_index[train_keep], train_y[train_keep]
+    test_index, test_y = test_index[test_keep], test_y[test_keep]
+    if len(train_index) < 2 or len(test_index) < 1:
+        raise RatingsError(f"too few usable faces for {', '.join(columns)}: {len(train_index)} train, "
+                           f"{len(test_index)} test")
+    train_images = images[[position[i] for i in train_index]]
+    test_crops = center_crops(images[[position[i] for i in test_index]])
+    log.info("%s: %d train / %d test faces for %s", data.name, len(train_index), len(test_index), ", ".join(columns))
+
+    base = load_model(config.base)
+
+    def make_regressor() -> keras.Model:
+        return build_attribute_regressor(base, columns, [data.scale] * len(columns), config.mode,
+                                         initial_scores=train_y.mean(axis=0))
+
+    regressor = make_regressor()
+    if config.mode == "dense":
+        trained = _fit_dense(regressor, train_images, train_y, test_crops, test_y, run_dir, config, identity, state,
+                             progress, keep_checkpoints)
+    else:
+        trained = _fit_full(make_regressor, train_images, train_y, test_crops, test_y, run_dir, config, identity,
+                            state, progress, keep_checkpoints)
+    copy_weights(trained, regressor)
+    atomic_save_model(regressor, run_dir / "model.keras")
+    return evaluate_run(regressor, data, run_dir, columns, train_y, test_index, test_crops, test_y)
+
+
+def _fit_dense(regressor, train_images, train_y, test_crops, test_y, run_dir, config, identity, state, progress,
+               keep) -> keras.Model:
+    # The frozen features are computed once: centre crops and their mirror images of the train half.
+    features = feature_model(regressor)
+    cache = run_dir / "features.npz"
+    if cache.exists():
+        with np.load(cache) as stored:
+            train_x, train_targets, test_x = stored["train_x"], stored["train_y"], stored["test_x"]
+    else:
+        crops = center_crops(train_images)
+        train_x = np.concatenate([features.predict(crops, batch_size=32, verbose=0),
+                                  features.predict(crops[:, :, ::-1], batch_size=32, verbose=0)])
+        train_targets = np.concatenate([train_y, train_y])
+        test_x = features.predict(test_crops, batch_size=32, verbose=0)
+        tmp = run_dir / ".features.partial.npz"
+        np.savez(tmp, train_x=train_x, train_y=train_targets, test_x=test_x)
+        os.replace(tmp, cache)
+    if state is None:
+        model = head_model(regressor)
+        _compile(model, config)
+        initial_epoch, history = 0, []
+    else:
+        model = keras.models.load_model(run_dir / state["checkpoint"])
+        initial_epoch, history = int(state["epoch"]), state["history"]
+    evaluation = SplitMAE({"train": (train_x[: len(train_y)], train_y), "test": (test_x, test_y)}, config.batch_size)
+    callbacks = [evaluation, EpochCheckpoint(run_dir, identity, history, keep=keep)]
+    if initial_epoch < config.epochs:
+        model.fit(train_x, train_targets, batch_size=config.batch_size, epochs=config.epochs,
+                  initial_epoch=initial_epoch, shuffle=True, callbacks=callbacks, verbose=1 if progress else 2)
+    return model
+
+
+def _fit_full(make_regressor, train_images, train_y, test_crops, test_y, run_dir, config, identity, state, progress,
+              keep) -> keras.Model:
+    precision = resolve_precision(config.precision)
+    with dtype_policy(precision):
+        if state is None:
+            model = make_regressor()  # built under the training precision
+            _compile(model, config)
+            initial_epoch, history = 0, []
+        else:
+            model = keras.models.load_model(run_dir / state["checkpoint"])
+            initial_epoch, history = int(state["epoch"]), state["history"]
+    evaluation = SplitMAE({"train": (center_crops(train_images), train_y), "test": (test_crops, test_y)},
+                          config.batch_size)
+    callbacks = [evaluation, EpochCheckpoint(run_dir, identity, history, keep=keep)]
+    if initial_epoch < config.epochs:
+        model.fit(train_dataset(train_images, train_y, config.batch_size, config.seed + initial_epoch),
+                  steps_per_epoch=math.ceil(len(train_images) / config.batch_size), epochs=config.epochs,
+                  initial_epoch=initial_epoch, shuffle=False, callbacks=callbacks, verbose=1 if progress else 2)
+    return model
+
+
+def evaluate_run(model: keras.Model, data: RatedFaces, run_dir: Path, columns: Sequence[str], train_y: np.ndarray,
+                 test_index: np.ndarray, test_crops: np.ndarray, test_y: np.ndarray) -> dict[str, Any]:
+    """Score the test half per attribute; write metrics.json and predictions.csv."""
+    predicted = np.asarray(model.predict(test_crops, batch_size=32, verbose=0), np.float32)
+    metrics: dict[str, Any] = {"dataset": data.name, "scale": list(data.scale), "test_count": int(len(test_y)),
+                               "attributes": {}}
+    for k, column in enumerate(columns):
+        metrics["attributes"][column] = regression_scores(test_y[:, k], predicted[:, k], float(train_y[:, k].mean()),
+                                                          data.scale)
+    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["id", *(f"{c}_true" for c in columns), *(f"{c}_predicted" for c in columns)])
+    for row, index in enumerate(test_index):
+        writer.writerow([data.ids[index], *data.to_scale(test_y[row]).round(4), *data.to_scale(predicted[row]).round(4)])
+    atomic_write_text(run_dir / "predictions.csv", buffer.getvalue())
+    return metrics
+
+
+def evaluate_saved_run(run_dir: str | os.PathLike, data: RatedFaces | None = None,
+                       cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Re-score a run's saved model on its test half (the data from its config unless given)."""
+    from psyattr.data.rated import read_rated
+
+    run_dir = Path(run_dir)
+    config_file, model_file = run_dir / "config.json", run_dir / "model.keras"
+    missing = [p.name for p in (config_file, model_file) if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"{run_dir} is not a finished training run: {', '.join(missing)} missing")
+    config = json.loads(config_file.read_text())
+    if data is None:
+        spec = config["data"]
+        if "kind" not in spec:
+            raise ValueError(f"{config_file} does not say where its data is: pass --data")
+        data = read_rated(spec["kind"], spec["path"], tuple(spec["scale"]) if spec.get("scale") else None,
+                          spec.get("image_column"))
+    columns = config["columns"]
+    model = load_model(model_file)
+    if regressor_columns(model) != columns:
+        raise ValueError(f"{model_file} scores {regressor_columns(model)}, the run config says {columns}")
+    splits = split_halves(data, config["seed"])
+    _, train_y = _valid_targets(data, columns, splits["train"])
+    test_index, test_y = _valid_targets(data, columns, splits["test"])
+    images, kept = decode_images([data.paths[i] for i in test_index], 256, cache_dir, progress=False)
+    return evaluate_run(model, data, run_dir, columns, train_y, test_index[kept], center_crops(images), test_y[kept])
+
+
+def regressor_columns(model: keras.Model) -> list[str]:
+    """The attribute columns a trained regressor scores."""
+    return [layer for layer in model.layers if isinstance(layer, AttributeScores)][-1].output_names
+
+
+__all__ = ["PAPER_SCALE", "TrainConfig", "evaluate_run", "evaluate_saved_run", "train_regressor"]

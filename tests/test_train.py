@@ -1,0 +1,116 @@
+"""Fine-tuning to ratings: dense and full mode, resume, the grid's Table 1 and Fig. 3, evaluate."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import keras
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from psyattr.cli import cli
+from psyattr.data.rated import read_omi
+
+
+@pytest.fixture(scope="module")
+def small_rated(tmp_path_factory, omi_dir):
+    """A generic CSV naming 40 real OMI faces with their happy and attractive ratings (0..100)."""
+    folder = tmp_path_factory.mktemp("rated")
+    omi = read_omi(omi_dir)
+    with open(folder / "ratings.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "happy", "attractive"])
+        for i in range(40):
+            writer.writerow([str(omi.paths[i]), omi.ratings["happy"][i], omi.ratings["attractive"][i]])
+    return folder / "ratings.csv"
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory):
+    from tests.test_lrp_explainer import random_net
+
+    folder = tmp_path_factory.mktemp("bases")
+    paths = {}
+    for task, seed in (("age", 5), ("gender", 6)):
+        paths[task] = folder / f"{task}.keras"
+        random_net(task, seed, zero_bias=False).save(paths[task])
+    return paths
+
+
+def train(args):
+    result = CliRunner().invoke(cli, ["train", "--no-progress", *map(str, args)])
+    return result
+
+
+@pytest.mark.slow
+def test_dense_mode_trains_only_the_dense_layers_and_resumes(tmp_path, small_rated, bases):
+    run = tmp_path / "run"
+    common = ["--base", bases["age"], "--mode", "dense", "--attribute", "happy", "--data", f"csv:{small_rated}",
+              "--scale", "0,100", "--out", run, "--cache-dir", tmp_path / "cache"]
+    result = train([*common, "--epochs", "2"])
+    assert result.exit_code == 0, result.output
+    assert (run / "features.npz").exists() and (run / "model.keras").exists()
+    history = json.loads((run / "state.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2] and all("train_mae" in h and "test_mae" in h for h in history)
+    metrics = json.loads((run / "metrics.json").read_text())["attributes"]["happy"]
+    assert metrics["count"] == 20 and metrics["mae_native"] == pytest.approx(metrics["mae"] * 100)
+    assert metrics["mae_1_9"] == pytest.approx(metrics["mae"] * 8)
+    with open(run / "predictions.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 20
+
+    model, base = keras.models.load_model(run / "model.keras"), keras.models.load_model(bases["age"])
+    for name in ("conv1", "conv2", "conv3"):
+        np.testing.assert_array_equal(model.get_layer(name).get_weights()[0], base.get_layer(name).get_weights()[0])
+    assert not np.array_equal(model.get_layer("fc6").get_weights()[0], base.get_layer("fc6").get_weights()[0])
+    x = np.random.default_rng(0).uniform(0, 255, (2, 227, 227, 3)).astype("float32")
+    scores = model.predict(x, verbose=0)
+    assert scores.shape == (2, 1) and (scores >= 0).all() and (scores <= 1).all()
+
+    again = train([*common, "--epochs", "3"])
+    assert again.exit_code != 0 and "pass --resume" in again.output
+    resumed = train([*common, "--epochs", "3", "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert [h["epoch"] for h in json.loads((run / "state.json").read_text())["history"]] == [1, 2, 3]
+
+    evaluated = CliRunner().invoke(cli, ["evaluate", str(run)])
+    assert evaluated.exit_code == 0, evaluated.output
+    rescored = json.loads(evaluated.output)["happy"]
+    saved = json.loads((run / "metrics.json").read_text())["attributes"]["happy"]
+    assert rescored["mae"] == pytest.approx(saved["mae"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_grid_writes_table1_and_learning_curves(tmp_path, small_rated, bases):
+    out = tmp_path / "grid"
+    result = CliRunner().invoke(cli, [
+        "grid", "--data", f"csv:{small_rated}", "--scale", "0,100", "--out", str(out),
+        "--bases", f"{bases['age']},{bases['gender']}", "--modes", "dense,full", "--attributes", "happy",
+        "--epochs-dense", "2", "--epochs-full", "1", "--cache-dir", str(tmp_path / "cache"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    table = (out / "table1.md").read_text()
+    assert table.count("| happy |") == 4
+    for base in ("age", "gender"):
+        for mode in ("dense", "full"):
+            assert f"| happy | {base} | {mode} |" in table
+    with open(out / "table1.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {r["mode"] for r in rows} == {"dense", "full"} and all(float(r["baseline_mae_1_9"]) > 0 for r in rows)
+    assert (out / "fig3_learning_curves.png").stat().st_size > 5000
+    full = keras.models.load_model(out / "age_full_happy" / "model.keras")
+    base = keras.models.load_model(bases["age"])
+    assert not np.array_equal(full.get_layer("conv1").get_weights()[0], base.get_layer("conv1").get_weights()[0])
+
+    rerun = CliRunner().invoke(cli, ["grid", "--data", f"csv:{small_rated}", "--scale", "0,100", "--out", str(out),
+                                     "--bases", f"{bases['age']},{bases['gender']}", "--attributes", "happy",
+                                     "--epochs-dense", "2", "--epochs-full", "1", "--no-progress"])
+    assert rerun.exit_code == 0 and "| happy | age | dense |" in rerun.output  # finished runs are not retrained
+
+
+def test_unknown_attribute_stops_before_training_and_lists_the_columns(tmp_path, small_rated, bases):
+    result = train(["--base", bases["age"], "--mode", "dense", "--attribute", "sleepy", "--data",
+                    f"csv:{small_rated}", "--scale", "0,100", "--out", tmp_path / "run"])
+    assert result.exit_code != 0
+    assert "has no attribute 'sleepy'; it has: happy, attractive" in result.output
+    assert not (tmp_path / "run" / "state.json").exists()
