@@ -237,6 +237,29 @@ def evaluate(run_dir, data_spec, scale, image_column) -> None:
     click.echo(json.dumps(metrics["attributes"], indent=2))
 
 
+@cli.group()
+def data() -> None:
+    """Find and fetch the face data sets."""
+
+
+@data.command("fetch")
+@click.argument("name", type=click.Choice(["omi"]))
+@click.option("--dest", type=click.Path(file_okay=False, path_type=Path), envvar="PSYATTR_DATA_HOME",
+              help="Where to put it [default: ~/.cache/psyattr/data].")
+@click.option("--from", "source", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Copy from a local folder instead of downloading.")
+@click.option("--progress/--no-progress", default=True)
+def fetch(name, dest, source, progress) -> None:
+    """Fetch a data set (OMI: 1,004 faces with ratings, CC BY-NC-SA 4.0, cite Peterson et al. 2022)."""
+    from psyattr.data.fetch import FetchError, fetch_omi
+
+    try:
+        folder = fetch_omi(dest, source, progress)
+    except FetchError as err:
+        fail(str(err))
+    click.echo(f"OMI is in {folder} (pass --data {folder}, or set PSYATTR_DATA_DIR to {folder.parent})")
+
+
 @cli.command()
 @click.option("--model", "model_spec", required=True,
               help="A .keras file, a run folder, or a base net: age, gender (shipped weights) or age:PRESET.")
