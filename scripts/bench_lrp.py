@@ -55,7 +55,7 @@ def main() -> None:
     for batch in args.batches:
         images = faces(batch)
         tensor = tf.constant(images)
-        calls = {name: (lambda e=e: e(images, 0)) if e is not None else (lambda: forward(tensor).numpy())
+        calls = {name: (lambda e=e, x=images: e(x, 0)) if e is not None else (lambda t=tensor: forward(t).numpy())
                  for name, e in methods.items()}
         for call in calls.values():  # compile and warm up
             call()

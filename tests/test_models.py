@@ -49,9 +49,9 @@ def test_caffe_lrn_matches_the_caffe_formula():
 
 def test_groups_cover_the_caffe_layers():
     model = build_base_model("gender")
-    assert [l.name for l in group_layers(model, "dense")] == ["fc6", "relu6", "drop6", "fc7", "relu7", "drop7"]
-    assert [l.name for l in group_layers(model, "head")] == ["fc8", "prob"]
-    assert "conv1" in [l.name for l in group_layers(model, "features")]
+    assert [layer.name for layer in group_layers(model, "dense")] == ["fc6", "relu6", "drop6", "fc7", "relu7", "drop7"]
+    assert [layer.name for layer in group_layers(model, "head")] == ["fc8", "prob"]
+    assert "conv1" in [layer.name for layer in group_layers(model, "features")]
     with pytest.raises(ValueError, match="unknown layer group"):
         freeze(model, "convs")
 

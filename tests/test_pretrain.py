@@ -39,8 +39,8 @@ def read_state(run):
     path = run / "state.json"
     try:
         return json.loads(path.read_text()) if path.exists() else None
-    except json.JSONDecodeError:  # never expected: the file is replaced atomically
-        raise AssertionError("state.json was read half-written")
+    except json.JSONDecodeError as err:  # never expected: the file is replaced atomically
+        raise AssertionError("state.json was read half-written") from err
 
 
 @pytest.mark.slow

@@ -208,7 +208,8 @@ def check_prototxt(net, model: keras.Model, source: str) -> None:
     expected = _expected_architecture(model)
     for name, want in expected.items():
         if name not in declared:
-            raise CaffeImportError(f"{source} has no layer {name!r}: expected the Levi-Hassner layers {', '.join(WEIGHTED_LAYERS)}")
+            raise CaffeImportError(f"{source} has no layer {name!r}: expected the Levi-Hassner layers "
+                                   f"{', '.join(WEIGHTED_LAYERS)}")
         for key, value in want.items():
             got = declared[name].get(key)
             if got != value:

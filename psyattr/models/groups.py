@@ -32,7 +32,8 @@ def _check_groups(groups: Iterable[str]) -> set[str]:
 def group_layers(model: keras.Model, group: str) -> list[keras.layers.Layer]:
     """The layers of `model` in `group`, in model order."""
     _check_groups([group])
-    return [layer for layer in model.layers if layer_group(layer.name) == group and not isinstance(layer, keras.layers.InputLayer)]
+    return [layer for layer in model.layers
+            if layer_group(layer.name) == group and not isinstance(layer, keras.layers.InputLayer)]
 
 
 def trainable_groups(model: keras.Model) -> set[str]:

@@ -81,7 +81,8 @@ def preset_arrays(name: str, task: str) -> dict[str, list[np.ndarray]]:
         raise WeightsError(f"preset file {path} is missing from the installed package: reinstall psyattr")
     digest = sha256_file(path)
     if digest != entry["sha256"]:
-        raise WeightsError(f"preset file {path} is damaged: SHA-256 {digest[:12]}..., expected {entry['sha256'][:12]}...; reinstall psyattr")
+        raise WeightsError(f"preset file {path} is damaged: SHA-256 {digest[:12]}..., expected "
+                           f"{entry['sha256'][:12]}...; reinstall psyattr")
     return _arrays_from_npz(path)
 
 

@@ -1,0 +1,1 @@
+"""Studies on trained models: how faithful their explanations are, and what they show."""

@@ -1,0 +1,88 @@
+"""What every study needs: trained models with their labels, the test faces, and a summary for the report."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from psyattr.checkpoints import atomic_write_text
+from psyattr.data.cache import decode_images
+from psyattr.data.pipeline import center_crops
+from psyattr.data.rated import RatedFaces
+from psyattr.data.splits import half_split
+from psyattr.models.loading import load_model
+from psyattr.models.regressor import attribute_scores_layer
+
+SUMMARY_FILE = "summary.json"
+
+
+@dataclasses.dataclass
+class StudyModel:
+    """A trained attribute regressor and how to name it in figures ("age-based, dense")."""
+
+    model: keras.Model
+    label: str
+    base: str
+    mode: str
+    source: Path
+
+    @property
+    def attributes(self) -> list[str]:
+        """The attribute columns the model scores."""
+        return attribute_scores_layer(self.model).output_names
+
+    def attribute_index(self, attribute: str, data: RatedFaces | None = None) -> int:
+        """The output index of `attribute` (a column or, with `data`, one of the paper's names)."""
+        names = self.attributes
+        column = data.resolve(attribute) if data is not None else attribute
+        if column not in names:
+            raise ValueError(f"model {self.label} ({self.source}) scores {', '.join(names)}, not {attribute!r}")
+        return names.index(column)
+
+    def rating_scale(self, index: int) -> tuple[float, float]:
+        """The rating scale (low, high) of output `index`."""
+        layer = attribute_scores_layer(self.model)
+        return layer.scale_low[index], layer.scale_high[index]
+
+
+def load_study_model(spec: str | os.PathLike, label: str | None = None) -> StudyModel:
+    """A regressor from a run folder (its config names the base and mode) or a `.keras` file."""
+    path = Path(spec)
+    model = load_model(path)
+    attribute_scores_layer(model)  # refuses anything but an attribute regressor, with its name
+    config_file = (path if path.is_dir() else path.parent) / "config.json"
+    config = json.loads(config_file.read_text()) if config_file.exists() else {}
+    base = str(config.get("base", "?"))
+    base = base.split(":")[0] if base.split(":")[0] in ("age", "gender") else Path(base).stem
+    mode = config.get("mode", "?")
+    return StudyModel(model, label or f"{base}-based, {mode}", base, mode, path)
+
+
+def test_half(data: RatedFaces, seed: int = 0, limit: int | None = None) -> np.ndarray:
+    """Indices of the faces in the test half of the paper's seeded 50/50 split (the first `limit`)."""
+    test = half_split(len(data), seed)[1]
+    return test[:limit] if limit else test
+
+
+def model_inputs(paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded model inputs (N, 227, 227, 3) of the readable paths, and which paths those were."""
+    images, kept = decode_images(list(paths), 256, progress=False)
+    return center_crops(images), kept
+
+
+def write_summary(folder: str | os.PathLike, title: str, text: str, figures: Sequence[tuple[str, str]],
+                  table_md: str | None = None, numbers: dict[str, Any] | None = None) -> Path:
+    """Describe a study's outputs for the report: title, what it shows, figures (file, caption), a table."""
+    folder = Path(folder)
+    summary = {"title": title, "text": text, "figures": [{"file": f, "caption": c} for f, c in figures],
+               "table_md": table_md, "numbers": numbers or {}}
+    path = folder / SUMMARY_FILE
+    atomic_write_text(path, json.dumps(summary, indent=2, default=float))
+    return path

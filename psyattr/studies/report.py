@@ -1,0 +1,184 @@
+"""`psyattr report`: one HTML page (beside its PNGs) with every study found in a run folder."""
+
+from __future__ import annotations
+
+import datetime
+import html
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from psyattr import __version__
+from psyattr.checkpoints import atomic_write_text
+from psyattr.studies.common import SUMMARY_FILE
+
+# (section id, title, folder in the run, the command that makes it)
+SECTIONS = (
+    ("table1", "Table 1: test error of the fine-tuned models", "grid", "psyattr grid (or psyattr demo)"),
+    ("learning_curves", "Learning curves (Fig. 3)", "grid", "psyattr grid (or psyattr demo)"),
+    ("heatmaps", "Heatmaps of test faces, one scale across models", "heatmaps", "psyattr study heatmaps"),
+    ("occlusion", "Occluding the mouth and the eyes", "occlusion", "psyattr study occlusion"),
+    ("expressions", "The same person happy and sad", "expressions", "psyattr study expressions"),
+    ("comparison", "Which base model suits the transfer", "comparison", "psyattr study compare"),
+    ("quality", "How faithful are the explanations (region perturbation, AOPC)", "quality", "psyattr study quality"),
+)
+
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
+h1 { font-size: 1.6em; } h2 { margin-top: 2em; border-bottom: 1px solid #ccc; padding-bottom: .2em; }
+figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: .9em; color: #444; margin-top: .3em; }
+table { border-collapse: collapse; font-size: .9em; margin: 1em 0; }
+td, th { border: 1px solid #ccc; padding: .25em .6em; } th { background: #f4f4f4; }
+td.num { text-align: right; } .missing { background: #fff4e5; border-left: 4px solid #f0a020; padding: .6em 1em; }
+nav a { margin-right: 1em; } .meta { color: #666; font-size: .85em; }
+"""
+
+# Marks every image as loaded or not, so that a headless browser can check the page as a reader sees it.
+CHECK_SCRIPT = """
+window.addEventListener('load', function () {
+  var images = document.querySelectorAll('img'), broken = 0;
+  images.forEach(function (img) {
+    var ok = img.complete && img.naturalWidth > 0;
+    img.setAttribute('data-loaded', ok ? 'yes' : 'no');
+    if (!ok) { broken += 1; }
+  });
+  document.body.setAttribute('data-images', images.length);
+  document.body.setAttribute('data-broken-images', broken);
+});
+"""
+
+
+def markdown_to_html(text: str) -> str:
+    """Render the Markdown our studies write (headings, pipe tables, paragraphs) as HTML."""
+    out, table, paragraph = [], [], []
+
+    def flush_table() -> None:
+        if not table:
+            return
+        rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in table]
+        body = [r for r in rows[1:] if not all(set(c) <= set("-: ") for c in r)]
+        cell = lambda c, tag: f"<{tag}{' class=num' if _is_number(c) and tag == 'td' else ''}>{html.escape(c)}</{tag}>"  # noqa: E731
+        out.append("<table><tr>" + "".join(cell(c, "th") for c in rows[0]) + "</tr>"
+                   + "".join("<tr>" + "".join(cell(c, "td") for c in r) + "</tr>" for r in body) + "</table>")
+        table.clear()
+
+    def flush_paragraph() -> None:
+        if paragraph:
+            out.append("<p>" + html.escape(" ".join(paragraph)) + "</p>")
+            paragraph.clear()
+
+    for line in text.splitlines():
+        if line.strip().startswith("|"):
+            flush_paragraph()
+            table.append(line)
+            continue
+        flush_table()
+        if not line.strip():
+            flush_paragraph()
+        elif line.startswith("#"):
+            flush_paragraph()
+            out.append(f"<h3>{html.escape(line.lstrip('#').strip())}</h3>")
+        else:
+            paragraph.append(line.strip())
+    flush_table()
+    flush_paragraph()
+    return "\n".join(out)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _figure(src: str, caption: str) -> str:
+    return (f'<figure><img src="{html.escape(src)}" alt="{html.escape(caption[:120])}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def _grid_folder(run_dir: Path) -> Path | None:
+    for folder in (run_dir / "grid", run_dir):
+        if (folder / "table1.md").exists():
+            return folder
+    return None
+
+
+def _section_body(section: str, folder_name: str, run_dir: Path) -> tuple[str | None, str]:
+    """(HTML body or None, the reason it is missing)."""
+    if section in ("table1", "learning_curves"):
+        grid = _grid_folder(run_dir)
+        if grid is None:
+            return None, f"no table1.md in {run_dir / 'grid'}: no fine-tuning grid has finished in this run"
+        prefix = os.path.relpath(grid, run_dir)
+        if section == "table1":
+            return markdown_to_html((grid / "table1.md").read_text()), ""
+        figure = grid / "fig3_learning_curves.png"
+        if not figure.exists():
+            return None, f"{figure} is missing"
+        return _figure(f"{prefix}/{figure.name}" if prefix != "." else figure.name,
+                       "Mean absolute error on the paper's 1..9 scale per epoch, on the training half (solid) and the "
+                       "test half (dashed), for each base net and fine-tuning mode. The paper's Fig. 3 finds that "
+                       "the age-based models learn faster."), ""
+    folder = run_dir / folder_name
+    summary_file = folder / SUMMARY_FILE
+    if not summary_file.exists():
+        return None, f"{summary_file} is missing: this study has not been run here"
+    try:
+        summary: dict[str, Any] = json.loads(summary_file.read_text())
+    except (json.JSONDecodeError, OSError) as err:
+        return None, f"{summary_file} is unreadable ({err})"
+    parts = [f"<p>{html.escape(summary.get('text', ''))}</p>"]
+    missing = [f["file"] for f in summary.get("figures", []) if not (folder / f["file"]).exists()]
+    if missing:
+        return None, f"figure(s) {', '.join(missing)} listed in {summary_file} are missing"
+    if summary.get("table_md"):
+        parts.append(markdown_to_html(summary["table_md"]))
+    parts += [_figure(f"{folder_name}/{f['file']}", f["caption"]) for f in summary.get("figures", [])]
+    return "\n".join(parts), ""
+
+
+def write_report(run_dir: str | os.PathLike, title: str | None = None) -> tuple[Path, list[str]]:
+    """Write `run_dir/report.html`; return its path and the ids of the sections that are missing."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder not found: {run_dir}")
+    body, missing = [], []
+    for section, heading, folder, command in SECTIONS:
+        content, why = _section_body(section, folder, run_dir)
+        body.append(f'<section id="{section}"><h2>{html.escape(heading)}</h2>')
+        if content is None:
+            missing.append(section)
+            body.append(f'<div class="missing" data-missing="{section}">Missing: {html.escape(why)}. '
+                        f"Make it with <code>{html.escape(command)}</code>.</div>")
+        else:
+            body.append(content)
+        body.append("</section>")
+    nav = " ".join(f'<a href="#{s}">{html.escape(h.split(":")[0])}</a>' for s, h, _, _ in SECTIONS)
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title or 'psyattr report')}</title>
+<style>{STYLE}</style><script>{CHECK_SCRIPT}</script></head>
+<body><h1>{html.escape(title or 'psyattr report')}</h1>
+<p class="meta">Run folder {html.escape(str(run_dir.resolve()))}; written {stamp} by psyattr {__version__}.
+Heatmaps: red pixels raise the explained score, blue pixels lower it.</p>
+<nav>{nav}</nav>
+{''.join(body)}
+</body></html>
+"""
+    path = run_dir / "report.html"
+    atomic_write_text(path, page)
+    return path, missing
+
+
+def find_chromium() -> str | None:
+    """The path of a Chromium (or Chrome) executable, or None."""
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
