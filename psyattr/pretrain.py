@@ -16,7 +16,7 @@ import numpy as np
 
 from psyattr.checkpoints import EpochCheckpoint, atomic_save_model, atomic_write_text, prepare_run_dir
 from psyattr.data.cache import decode_images
-from psyattr.data.images import TRAIN_SIZE, center_crop
+from psyattr.data.images import CROP_SIZE, TRAIN_SIZE, center_crop
 from psyattr.data.labels import FaceRecord, labelled
 from psyattr.data.pipeline import train_dataset
 from psyattr.data.splits import stratified_split
@@ -193,6 +193,7 @@ def finish_pretraining(model: keras.Model, run_dir: Path, config: PretrainConfig
             continue
         predicted = predict_classes(final, images, config.batch_size)
         metrics[name] = classification_scores(labels, predicted)
+        metrics[f"{name}_oversampled"] = classification_scores(labels, predict_classes(final, images, oversample=True))
         if name == "test":
             matrix = confusion_matrix(labels, predicted, len(CLASS_NAMES[config.task]))
             metrics["confusion_matrix"] = matrix.tolist()
@@ -204,10 +205,22 @@ def finish_pretraining(model: keras.Model, run_dir: Path, config: PretrainConfig
     return metrics
 
 
-def predict_classes(model: keras.Model, images_256: np.ndarray, batch_size: int = 50) -> np.ndarray:
-    """Class indices for 256 px uint8 images, scored on their centre crops."""
+def _crops(images_256: np.ndarray, oversample: bool) -> list[np.ndarray]:
+    if not oversample:
+        return [center_crop(images_256)]
+    # Levi & Hassner's over-sampling: the four corners and the centre, each also mirrored.
+    size, margin = CROP_SIZE, images_256.shape[1] - CROP_SIZE
+    corners = [images_256[:, top : top + size, left : left + size] for top in (0, margin) for left in (0, margin)]
+    views = [center_crop(images_256), *corners]
+    return views + [view[:, :, ::-1] for view in views]
+
+
+def predict_classes(model: keras.Model, images_256: np.ndarray, batch_size: int = 50,
+                    oversample: bool = False) -> np.ndarray:
+    """Class indices for 256 px uint8 images: from the centre crop, or averaged over 10 crops (`oversample`)."""
     predicted = []
     for start in range(0, len(images_256), batch_size):
-        batch = center_crop(images_256[start : start + batch_size]).astype(np.float32)
-        predicted.append(np.argmax(model.predict_on_batch(batch), axis=-1))
+        chunk = images_256[start : start + batch_size]
+        probabilities = sum(model.predict_on_batch(view.astype(np.float32)) for view in _crops(chunk, oversample))
+        predicted.append(np.argmax(probabilities, axis=-1))
     return np.concatenate(predicted) if predicted else np.zeros(0, int)
