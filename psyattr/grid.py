@@ -29,24 +29,28 @@ def run_name(base: str, mode: str, attribute: str) -> str:
 def run_grid(data: RatedFaces, out_dir: str | os.PathLike, data_spec: dict[str, Any],
              bases: Sequence[str] = BASES, modes: Sequence[str] = MODES,
              attributes: Sequence[str] = PAPER_ATTRIBUTES, epochs: dict[str, int] | None = None, seed: int = 0,
-             cache_dir: str | os.PathLike | None = None, progress: bool = True) -> list[Path]:
-    """Train every (base, mode, attribute) model that is not finished yet (resuming partial runs); return run dirs."""
+             cache_dir: str | os.PathLike | None = None, progress: bool = True, joint: bool = False) -> list[Path]:
+    """Train every (base, mode, attribute) model not finished yet (resuming partial runs); return the run dirs.
+
+    With `joint`, each (base, mode) gets one model scoring all attributes at once instead of one per attribute.
+    """
     out_dir = Path(out_dir)
     epochs = {"dense": 60, "full": 30, **(epochs or {})}
     for attribute in attributes:
         data.resolve(attribute)  # unknown attributes fail before any training starts
     runs = []
+    groups = [list(attributes)] if joint else [[a] for a in attributes]
     for mode in modes:
         for base in bases:
-            for attribute in attributes:
-                run_dir = out_dir / run_name(base, mode, attribute)
+            for group in groups:
+                run_dir = out_dir / run_name(base, mode, "joint" if joint else group[0])
                 runs.append(run_dir)
                 state = read_state(run_dir)
                 if state and state["epoch"] >= epochs[mode] and (run_dir / "metrics.json").exists():
                     log.info("%s is complete, skipped", run_dir.name)
                     continue
                 log.info("training %s (%d epochs)", run_dir.name, epochs[mode])
-                config = TrainConfig(base, mode, [attribute], epochs=epochs[mode], seed=seed)
+                config = TrainConfig(base, mode, group, epochs=epochs[mode], seed=seed)
                 train_regressor(data, run_dir, config, data_spec, resume=state is not None, cache_dir=cache_dir,
                                 progress=progress)
     return runs
@@ -142,13 +146,17 @@ def plot_fig3(runs: list[dict[str, Any]], path: str | os.PathLike) -> Path:
         span = 8.0  # MAE on the paper's 1..9 scale
         for run in sorted(by_attribute[attribute], key=lambda r: (r["config"]["base"], r["config"]["mode"])):
             base, mode = _base_label(run["config"]["base"]), run["config"]["mode"]
-            history = [h for h in run["history"] if "train_mae" in h]
+            # A model of several attributes logs each one's error apart.
+            column = run["config"]["columns"][run["config"]["attributes"].index(attribute)]
+            suffix = f"_{column}" if len(run["config"]["columns"]) > 1 else ""
+            history = [h for h in run["history"] if f"train_mae{suffix}" in h]
             if not history:
                 continue
             epochs = [h["epoch"] for h in history]
             colour = colours.get((base, mode))
-            ax.plot(epochs, [h["train_mae"] * span for h in history], color=colour, label=f"{base}-based, {mode}")
-            ax.plot(epochs, [h["test_mae"] * span for h in history], color=colour, linestyle="--", alpha=0.7)
+            ax.plot(epochs, [h[f"train_mae{suffix}"] * span for h in history], color=colour,
+                    label=f"{base}-based, {mode}")
+            ax.plot(epochs, [h[f"test_mae{suffix}"] * span for h in history], color=colour, linestyle="--", alpha=0.7)
         column = by_attribute[attribute][0]["config"]["columns"][0]
         ax.set_title(attribute if attribute == column else f"{attribute} ({column} stands in)", fontsize=10)
         ax.set_xlabel("epoch")

@@ -95,17 +95,22 @@ def copy_weights(source: keras.Model, target: keras.Model) -> None:
 class SplitMAE(keras.callbacks.Callback):
     """At each epoch's end, the MAE ([0, 1] scale) of train and test halves in inference mode."""
 
-    def __init__(self, splits: dict[str, tuple[Any, np.ndarray]], batch_size: int):
+    def __init__(self, splits: dict[str, tuple[Any, np.ndarray]], batch_size: int, columns: Sequence[str]):
         super().__init__()
         self.splits = splits
         self.batch_size = batch_size
+        self.columns = list(columns)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if logs is None:
             return
         for name, (inputs, targets) in self.splits.items():
             predicted = self.model.predict(inputs, batch_size=self.batch_size * 4, verbose=0)
-            logs[f"{name}_mae"] = float(np.mean(np.abs(np.asarray(predicted, np.float32) - targets)))
+            errors = np.abs(np.asarray(predicted, np.float32) - targets)
+            logs[f"{name}_mae"] = float(errors.mean())
+            if len(self.columns) > 1:
+                for k, column in enumerate(self.columns):
+                    logs[f"{name}_mae_{column}"] = float(errors[:, k].mean())
 
 
 def _compile(model: keras.Model, config: TrainConfig) -> None:
@@ -194,7 +199,8 @@ def _fit_dense(regressor, train_images, train_y, test_crops, test_y, run_dir, co
     else:
         model = keras.models.load_model(run_dir / state["checkpoint"])
         initial_epoch, history = int(state["epoch"]), state["history"]
-    evaluation = SplitMAE({"train": (train_x[: len(train_y)], train_y), "test": (test_x, test_y)}, config.batch_size)
+    evaluation = SplitMAE({"train": (train_x[: len(train_y)], train_y), "test": (test_x, test_y)}, config.batch_size,
+                          identity["attributes"])
     callbacks = [evaluation, EpochCheckpoint(run_dir, identity, history, keep=keep)]
     if initial_epoch < config.epochs:
         model.fit(train_x, train_targets, batch_size=config.batch_size, epochs=config.epochs,
@@ -214,7 +220,7 @@ def _fit_full(make_regressor, train_images, train_y, test_crops, test_y, run_dir
             model = keras.models.load_model(run_dir / state["checkpoint"])
             initial_epoch, history = int(state["epoch"]), state["history"]
     evaluation = SplitMAE({"train": (center_crops(train_images), train_y), "test": (test_crops, test_y)},
-                          config.batch_size)
+                          config.batch_size, identity["attributes"])
     callbacks = [evaluation, EpochCheckpoint(run_dir, identity, history, keep=keep)]
     if initial_epoch < config.epochs:
         model.fit(train_dataset(train_images, train_y, config.batch_size, config.seed + initial_epoch),

@@ -32,6 +32,15 @@ class StudyModel:
     base: str
     mode: str
     source: Path
+    _explainers: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+
+    def explainer(self, composite: str = "alpha2beta1"):
+        """The model's LRP explainer for `composite`, compiled once and shared by every study."""
+        from psyattr.lrp import LRPExplainer
+
+        if composite not in self._explainers:
+            self._explainers[composite] = LRPExplainer(self.model, composite)
+        return self._explainers[composite]
 
     @property
     def attributes(self) -> list[str]:
@@ -45,6 +54,11 @@ class StudyModel:
         if column not in names:
             raise ValueError(f"model {self.label} ({self.source}) scores {', '.join(names)}, not {attribute!r}")
         return names.index(column)
+
+    def rated_scores(self, images: np.ndarray, index: int) -> np.ndarray:
+        """The model's scores of output `index` for `images`, on that attribute's rating scale."""
+        low, high = self.rating_scale(index)
+        return low + np.asarray(self.model.predict(images, batch_size=32, verbose=0))[:, index] * (high - low)
 
     def rating_scale(self, index: int) -> tuple[float, float]:
         """The rating scale (low, high) of output `index`."""
@@ -65,7 +79,7 @@ def load_study_model(spec: str | os.PathLike, label: str | None = None) -> Study
     return StudyModel(model, label or f"{base}-based, {mode}", base, mode, path)
 
 
-def test_half(data: RatedFaces, seed: int = 0, limit: int | None = None) -> np.ndarray:
+def held_out_faces(data: RatedFaces, seed: int = 0, limit: int | None = None) -> np.ndarray:
     """Indices of the faces in the test half of the paper's seeded 50/50 split (the first `limit`)."""
     test = half_split(len(data), seed)[1]
     return test[:limit] if limit else test

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 
 from psyattr.data.rated import RatedFaces
-from psyattr.lrp import LRPExplainer
 from psyattr.lrp.heatmap import heatmap, heatmap_grid
 from psyattr.studies.common import StudyModel, model_inputs, write_summary
 
@@ -20,7 +19,7 @@ def explain_with(models: Sequence[StudyModel], images: np.ndarray, attribute: st
     heats, scores = {}, {}
     for entry in models:
         index = entry.attribute_index(attribute, data)
-        explanation = LRPExplainer(entry.model, composite)(images, index)
+        explanation = entry.explainer(composite)(images, index)
         heats[entry.label] = heatmap(explanation.relevance)
         scores[entry.label] = np.asarray(entry.model.predict(images, verbose=0))[:, index]
     return heats, scores

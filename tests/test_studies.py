@@ -1,0 +1,167 @@
+"""The studies on real faces: heatmaps, occlusion, expression pairs, base comparison, quality, and the report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from psyattr.data.rated import read_omi
+from psyattr.models.regressor import build_attribute_regressor
+from psyattr.studies.common import load_study_model, held_out_faces
+from psyattr.studies.report import SECTIONS, find_chromium, write_report
+
+ATTRIBUTES = ["happy", "attractive"]
+
+
+@pytest.fixture(scope="module")
+def omi(omi_dir):
+    return read_omi(omi_dir)
+
+
+@pytest.fixture(scope="module")
+def study_models(tmp_path_factory, face_images):
+    """Two attribute regressors on differently seeded random base nets, saved as run folders would hold them.
+
+    The head is scaled so that scores of real faces spread around 0.5 inside [0, 1], never clipped.
+    """
+    import keras
+
+    from tests.test_lrp_explainer import random_net
+
+    models = []
+    for task, seed in (("age", 11), ("gender", 12)):
+        folder = tmp_path_factory.mktemp(f"{task}_run")
+        regressor = build_attribute_regressor(random_net(task, seed, zero_bias=False), ATTRIBUTES,
+                                              [(0, 100)] * 2, "dense", [0.5, 0.5])
+        fc7 = keras.Model(regressor.inputs, regressor.get_layer("drop7").output).predict(face_images, verbose=0)
+        kernel = np.random.default_rng(seed).normal(size=(fc7.shape[1], 2))
+        kernel *= 0.1 / (fc7 @ kernel).std(axis=0)
+        bias = 0.5 - (fc7 @ kernel).mean(axis=0)
+        regressor.get_layer("fc8").set_weights([kernel.astype("float32"), bias.astype("float32")])
+        regressor.save(folder / "model.keras")
+        (folder / "config.json").write_text(json.dumps({"base": task, "mode": "dense", "seed": 0}))
+        models.append(load_study_model(folder))
+    return models
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("study_run")
+
+
+def test_models_are_labelled_from_their_run(study_models):
+    assert [m.label for m in study_models] == ["age-based, dense", "gender-based, dense"]
+    assert study_models[0].attributes == ATTRIBUTES
+
+
+@pytest.mark.slow
+def test_occlusion_reports_score_changes_with_intervals(study_models, omi, run_dir):
+    from psyattr.studies.occlusion import occlusion_study
+
+    faces = held_out_faces(omi, limit=8)
+    results = occlusion_study(study_models, omi, "happy", faces, run_dir / "occlusion", relevance_faces=4, examples=2)
+    assert results["faces"] == 8 and results["skipped"] == []
+    for label, model_result in results["models"].items():
+        assert set(model_result["regions"]) == {"mouth", "right_eye", "both_eyes"}
+        for region in model_result["regions"].values():
+            low, high = region["ci95"]
+            assert low <= region["mean_change"] <= high
+            assert len(region["changes"]) == 8 and any(c != 0 for c in region["changes"])
+            assert 0 <= region["relevance_share_before"] <= 1
+    summary = json.loads((run_dir / "occlusion" / "summary.json").read_text())
+    assert [f["file"] for f in summary["figures"]] == ["occlusion_changes.png", "occlusion_examples.png"]
+    assert all((run_dir / "occlusion" / f["file"]).stat().st_size > 5000 for f in summary["figures"])
+    assert "| age-based, dense | mouth |" in summary["table_md"]
+
+
+@pytest.mark.slow
+def test_expression_pairs_on_yale(study_models, yale_dir, run_dir):
+    from psyattr.studies.expressions import expression_study, find_expression_pairs
+
+    pairs = find_expression_pairs(yale_dir)
+    assert len(pairs) == 14 and pairs[0][1].name == "subject01.happy.gif"
+    results = expression_study(study_models, yale_dir, run_dir / "expressions", "happy", shown=2)
+    assert results["pairs"] == 14
+    for model_result in results["models"].values():
+        for state in ("happy", "sad"):
+            shares = model_result[state]["shares"]
+            assert 0 < shares["mouth"] < 1 and len(model_result[state]["scores"]) == 14
+    assert (run_dir / "expressions" / "expression_pairs.png").exists()
+
+
+def test_expression_folder_without_pairs_is_refused(tmp_path):
+    from psyattr.studies.expressions import find_expression_pairs
+
+    (tmp_path / "subject01.happy.gif").write_bytes(b"GIF89a")
+    with pytest.raises(ValueError, match="no happy/sad pairs"):
+        find_expression_pairs(tmp_path)
+
+
+@pytest.mark.slow
+def test_base_comparison_gives_shares_spread_and_a_verdict(study_models, omi, run_dir):
+    from psyattr.studies.comparison import comparison_study
+
+    results = comparison_study(study_models, omi, "happy", held_out_faces(omi, limit=6), run_dir / "comparison")
+    for model_result in results["models"].values():
+        assert 0 < model_result["spread"] <= 1
+        assert all(0 <= v <= 1 for v in model_result["shares"].values())
+        assert model_result["shares"]["face"] >= model_result["shares"]["mouth"]
+    assert "predicts the test ratings best" in results["verdict"]
+
+
+@pytest.mark.slow
+def test_quality_and_heatmaps_then_the_report_renders_in_a_browser(study_models, omi, run_dir):
+    from psyattr.studies.faithfulness import faithfulness_study
+    from psyattr.studies.heatmaps import heatmap_study
+
+    faces = held_out_faces(omi, limit=3)
+    numbers = faithfulness_study(study_models[0], omi, "happy", faces, run_dir / "quality", ["epsilon", "random"],
+                                 steps=3, patch=45)
+    assert set(numbers) == {"epsilon", "random"}
+    heatmap_study(study_models, omi, ATTRIBUTES, faces, run_dir / "heatmaps")
+    assert (run_dir / "heatmaps" / "heatmaps_happy.png").exists()
+
+    report, missing = write_report(run_dir, "study test")
+    html = report.read_text()
+    assert all(f'<section id="{section}">' in html for section, *_ in SECTIONS)
+    assert set(missing) <= {"table1", "learning_curves", "occlusion", "expressions", "comparison"}
+    assert {"table1", "learning_curves"} <= set(missing)
+    assert "no table1.md" in html and "psyattr grid" in html
+    if find_chromium() is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium): the rendered page is not checked")
+    from psyattr.studies.browser import check_report
+
+    result = check_report(report, run_dir / "shot.png", height=4000)
+    assert result["sections"] == [section for section, *_ in SECTIONS]
+    assert set(result["missing_sections"]) == set(missing)
+    assert result["images"] >= 3 and result["broken_images"] == 0
+    assert result["inked_rows"] > 500
+
+
+def test_report_of_an_empty_folder_says_what_is_missing(tmp_path):
+    report, missing = write_report(tmp_path)
+    assert missing == [section for section, *_ in SECTIONS]
+    assert "psyattr study occlusion" in report.read_text()
+
+
+def test_a_base_net_is_not_a_study_model(tmp_path):
+    from psyattr.models import build_base_model
+
+    build_base_model("age").save(tmp_path / "age.keras")
+    with pytest.raises(ValueError, match="is not an attribute regressor"):
+        load_study_model(tmp_path / "age.keras")
+
+
+def test_occlusion_changes_pixels_only_near_the_region(omi):
+    from psyattr.faces import regions_for_item
+    from psyattr.studies.common import model_inputs
+    from psyattr.studies.occlusion import occluded_versions
+
+    images, _ = model_inputs([omi.paths[0]])
+    regions = regions_for_item(omi, 0)
+    covered = occluded_versions(images[0], regions)
+    changed = np.any(np.abs(covered["mouth"] - images[0]) > 1, axis=-1)
+    assert changed[regions["mouth"]].mean() > 0.9
+    assert not changed[regions["eyes"]].any()
