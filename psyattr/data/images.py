@@ -17,8 +17,8 @@ class ImageError(ValueError):
     """An image file that cannot be decoded."""
 
 
-def load_rgb(path: str | os.PathLike, size: int = TRAIN_SIZE) -> np.ndarray:
-    """Decode any image file to RGB uint8 `(size, size, 3)`: EXIF-rotated, any mode, resized (aspect not kept)."""
+def decode_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Decode any image file at its own size to RGB uint8 `(H, W, 3)`: EXIF-rotated, any mode."""
     path = Path(path)
     try:
         with Image.open(path) as image:
@@ -32,12 +32,17 @@ def load_rgb(path: str | os.PathLike, size: int = TRAIN_SIZE) -> np.ndarray:
                 array = np.asarray(image, dtype=np.float64)
                 span = float(array.max() - array.min()) or 1.0
                 image = Image.fromarray(((array - array.min()) / span * 255).astype(np.uint8))
-            rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-            return np.asarray(rgb, dtype=np.uint8)
+            return np.asarray(image.convert("RGB"), dtype=np.uint8)
     except FileNotFoundError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageError(f"cannot decode image {path}: {err} (is it a complete image file?)") from err
+
+
+def load_rgb(path: str | os.PathLike, size: int = TRAIN_SIZE) -> np.ndarray:
+    """Decode any image file to RGB uint8 `(size, size, 3)`: EXIF-rotated, any mode, resized (aspect not kept)."""
+    image = Image.fromarray(decode_rgb(path))
+    return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
 def center_crop(images: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:

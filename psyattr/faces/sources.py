@@ -10,9 +10,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
-from psyattr.data.images import CROP_SIZE, ImageError
+from psyattr.data.images import CROP_SIZE, decode_rgb
 from psyattr.data.rated import RatedFaces
 from psyattr.faces.detector import FaceMeshDetector, default_detector
 from psyattr.faces.landmarks import MESH, OMI_MESH_FILE, Landmarks, load_omi_mesh, read_stasm_landmarks
@@ -20,23 +20,8 @@ from psyattr.faces.regions import FaceRegions, build_regions
 
 
 def load_original_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image at its own size to RGB uint8 `(H, W, 3)`, EXIF-rotated, as `load_rgb` does before resizing."""
-    path = Path(path)
-    try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-                background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-                image = Image.alpha_composite(background, image.convert("RGBA"))
-            elif image.mode in ("I", "I;16", "I;16B", "F"):
-                array = np.asarray(image, dtype=np.float64)
-                span = float(array.max() - array.min()) or 1.0
-                image = Image.fromarray(((array - array.min()) / span * 255).astype(np.uint8))
-            return np.asarray(image.convert("RGB"), dtype=np.uint8)
-    except FileNotFoundError:
-        raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise ImageError(f"cannot decode image {path}: {err} (is it a complete image file?)") from err
+    """Decode an image at its own size to RGB uint8 `(H, W, 3)`, EXIF-rotated, as the model input is made from."""
+    return decode_rgb(path)
 
 
 def detect_landmarks(image: np.ndarray, detector: FaceMeshDetector | None = None,
