@@ -474,14 +474,14 @@ def _explain_served(ctx, server, model_name, target, batch_size, timeout, out, p
         if ctx.get_parameter_source(option) != click.core.ParameterSource.DEFAULT:
             fail(f"--{option} applies to local explanations: a served model explains with the composite it was "
                  "exported with")
-    paths = list_images(list(images))
-    if not paths:
-        fail(f"no images found in {', '.join(map(str, images))}")
     parsed_target = int(target) if target is not None and target.isdigit() else target
     try:
+        paths = list_images(list(images))
+        if not paths:
+            fail(f"no images found in {', '.join(map(str, images))}")
         with ExplainerClient(server, model_name, timeout, batch_size=batch_size) as client:
             written, skipped = explain_files(client, paths, out, parsed_target, progress=progress)
-    except ServingError as err:
+    except (ServingError, FileNotFoundError) as err:
         fail(str(err))
     for path, why in skipped:
         click.echo(f"skipped {path}: {why}", err=True)
@@ -572,10 +572,10 @@ def predict(model_spec, server, timeout, batch_size, out, images) -> None:
     from psyattr.serving.errors import ServingError
     from psyattr.serving.files import predict_files
 
-    paths = list_images(list(images))
-    if not paths:
-        fail(f"no images found in {', '.join(map(str, images))}")
     try:
+        paths = list_images(list(images))
+        if not paths:
+            fail(f"no images found in {', '.join(map(str, images))}")
         if server:
             from psyattr.serving import ExplainerClient
 

@@ -1,0 +1,292 @@
+"""TensorFlow Serving exports: `saved_models/<name>/<version>/` with predict and explain signatures.
+
+Signatures (all take `image`: float32 `(N, 227, 227, 3)`, RGB pixel values 0..255):
+
+- `serving_default`: one `(N,)` output per model output. Attribute regressors give `score_<attribute>`
+  (in [0, 1]) and `rating_<attribute>` (on the attribute's rating scale); classifiers give
+  `prob_<class>` (softmax) and `logit_<class>`.
+- `explain`: also takes `target`: string `(N,)`, per image the output to explain: its name (`happy`,
+  `female`, `25-32`), its index as text (`"0"`), or `""` for the image's top output. Returns the
+  `serving_default` outputs plus `target` (the explained output's name), `target_score` (its
+  pre-activation: the logit or unclipped score, which the relevance sums to) and `heatmap`
+  `(N, 227, 227)` (LRP relevance summed over the colour channels). Traced without XLA.
+- `explain_xla`: the same under XLA; it only runs where XLA may compile (TF Serving with
+  `--xla_cpu_compilation_enabled=true`, `psyattr serve --xla-cpu-compilation-enabled`).
+
+Output keys are the output names in snake_case (`25-32` becomes `prob_25_32`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from psyattr import __version__
+from psyattr.lrp.explainer import LRPExplainer
+from psyattr.models.layers import AttributeScores
+
+log = logging.getLogger(__name__)
+
+SIGNATURES = ("serving_default", "explain", "explain_xla")
+WARMUP_FILE = "tf_serving_warmup_requests"
+METADATA_FILE = "psyattr.json"
+ASSETS_EXTRA = "assets.extra"
+DEFAULT_COMPOSITE = "alpha2beta1"
+# TF Serving accepts any name as a folder name; keep to what is safe in paths, URLs and configs.
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class ExportError(ValueError):
+    """A model or export request that cannot become a TF Serving version."""
+
+
+def output_key(name: str) -> str:
+    """An output name in snake_case, usable as a signature key (`25-32` -> `25_32`, `Happy` -> `happy`)."""
+    key = re.sub(r"[^0-9a-z]+", "_", name.lower()).strip("_")
+    if not key:
+        raise ExportError(f"output name {name!r} has no letters or digits to build a signature key from")
+    return key
+
+
+def list_versions(model_dir: str | os.PathLike) -> list[int]:
+    """The integer version folders under `model_dir`, ascending (what TF Serving would consider)."""
+    path = Path(model_dir)
+    if not path.is_dir():
+        return []
+    return sorted(int(p.name) for p in path.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+@dataclass(frozen=True)
+class ServingHeads:
+    """How a model's outputs become named signature outputs."""
+
+    kind: str  # "regressor" or "classifier"
+    output_names: list[str]
+    keys: dict[str, list[str]]  # output kind ("score", "rating", "prob", "logit") -> one key per output
+
+
+def serving_heads(model: keras.Model, output_names: list[str]) -> ServingHeads:
+    """Describe the named outputs of `model` (attribute regressor or classifier)."""
+    snake = [output_key(n) for n in output_names]
+    if len(set(snake)) != len(snake):
+        raise ExportError(f"output names {output_names} collide in snake_case ({snake}): rename the outputs")
+    regressor = any(isinstance(layer, AttributeScores) for layer in model.layers)
+    kinds = ("score", "rating") if regressor else ("prob", "logit")
+    return ServingHeads("regressor" if regressor else "classifier", list(output_names),
+                        {kind: [f"{kind}_{k}" for k in snake] for kind in kinds})
+
+
+class SignatureBuilder:
+    """The traced functions behind the exported signatures of one model."""
+
+    def __init__(self, model: keras.Model, composite: str = DEFAULT_COMPOSITE):
+        if len(model.inputs) != 1 or tuple(model.inputs[0].shape[1:]) != (227, 227, 3):
+            raise ExportError(f"{model.name} must take one (N, 227, 227, 3) image input, it takes "
+                              f"{[tuple(t.shape) for t in model.inputs]}")
+        explainer = LRPExplainer(model, composite, jit_compile=False)
+        if explainer.method != "lrp":
+            raise ExportError(f"composite {composite!r} is a gradient method: export an LRP composite")
+        self.model = model
+        self.composite = explainer.name
+        self.graph = explainer.graph
+        self.heads = serving_heads(model, explainer.output_names)
+        # One forward pass gives both the model's outputs and the explained layer's pre-activations.
+        self._both = keras.Model(model.inputs, [model.outputs[0], self.graph.start_layer.output])
+        self.scores_layer = next((layer for layer in model.layers if isinstance(layer, AttributeScores)), None)
+        self._names = tf.constant(self.heads.output_names)
+        image = tf.TensorSpec((None, 227, 227, 3), tf.float32, name="image")
+        target = tf.TensorSpec((None,), tf.string, name="target")
+        index = tf.TensorSpec((None,), tf.int32, name="index")
+        self._core = tf.function(self._explain_core, input_signature=[image, index], jit_compile=False)
+        self._core_xla = tf.function(self._explain_core, input_signature=[image, index], jit_compile=True)
+        self.functions = {
+            "serving_default": tf.function(self._predict, input_signature=[image]),
+            "explain": tf.function(self._explain, input_signature=[image, target]),
+            "explain_xla": tf.function(self._explain_xla, input_signature=[image, target]),
+        }
+
+    def _named_outputs(self, outputs: tf.Tensor, pre_activations: tf.Tensor) -> dict[str, tf.Tensor]:
+        outputs = tf.cast(outputs, tf.float32)
+        pre_activations = tf.cast(pre_activations, tf.float32)
+        if self.heads.kind == "regressor":
+            columns = {"score": outputs, "rating": tf.cast(self.scores_layer.to_rating_scale(outputs), tf.float32)}
+        else:
+            columns = {"prob": outputs, "logit": pre_activations}
+        return {key: columns[kind][:, i] for kind, keys in self.heads.keys.items() for i, key in enumerate(keys)}
+
+    def _checked(self, image: tf.Tensor) -> tf.Tensor:
+        # A stock TF Serving runs no request validation: refuse NaN pixels in the graph itself.
+        return tf.debugging.check_numerics(image, "image contains NaN or infinite pixel values")
+
+    def _predict(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
+        outputs, pre_activations = self._both(self._checked(image), training=False)
+        return self._named_outputs(outputs, pre_activations)
+
+    def _explain_core(self, image: tf.Tensor, index: tf.Tensor) -> dict[str, tf.Tensor]:
+        outputs, pre_activations = self._both(image, training=False)
+        top = tf.argmax(pre_activations, axis=1, output_type=tf.int32)
+        index = tf.where(index < 0, top, index)
+        score, relevance = self.graph.relevance(image, index)
+        named = self._named_outputs(outputs, pre_activations)
+        named.update(target_index=index, target_score=tf.cast(score, tf.float32),
+                     heatmap=tf.reduce_sum(tf.cast(relevance, tf.float32), axis=-1))
+        return named
+
+    def _target_indices(self, target: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
+        """Output names, indices as text or "" (top output) to indices, -1 for the top output."""
+        names = self._names
+        matches = tf.equal(target[:, None], names[None, :])
+        has_name = tf.reduce_any(matches, axis=1)
+        by_name = tf.argmax(tf.cast(matches, tf.int32), axis=1, output_type=tf.int32)
+        is_number = tf.strings.regex_full_match(target, "[0-9]{1,9}")
+        number = tf.strings.to_number(tf.where(is_number, target, "0"), tf.int32)
+        is_top = tf.equal(target, "")
+        valid = has_name | is_top | (is_number & (number < tf.size(names)))
+        checks = [
+            tf.debugging.assert_equal(tf.shape(target)[0], count,
+                                      message="image and target must hold the same number of images"),
+            tf.debugging.Assert(tf.reduce_all(valid), [
+                "unknown target: give an output name, its index, or \"\" for the top output; the outputs are",
+                tf.strings.reduce_join(names, separator=", "), "got", tf.boolean_mask(target, ~valid)]),
+        ]
+        with tf.control_dependencies(checks):
+            return tf.where(has_name, by_name, tf.where(is_top, -1, number))
+
+    def _explain_with(self, core, image: tf.Tensor, target: tf.Tensor) -> dict[str, tf.Tensor]:
+        image = self._checked(image)
+        index = self._target_indices(target, tf.shape(image)[0])
+        named = dict(core(image, index))
+        named["target"] = tf.gather(self._names, named.pop("target_index"))
+        return named
+
+    def _explain(self, image: tf.Tensor, target: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self._explain_with(self._core, image, target)
+
+    def _explain_xla(self, image: tf.Tensor, target: tf.Tensor) -> dict[str, tf.Tensor]:
+        # Target names are strings, which XLA cannot compile: only the relevance graph runs under XLA.
+        return self._explain_with(self._core_xla, image, target)
+
+
+def local_predictor(model: keras.Model) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    """The `serving_default` signature run in process: images `(N, 227, 227, 3)` to the same named outputs."""
+    function = SignatureBuilder(model).functions["serving_default"]
+    return lambda images: {k: v.numpy() for k, v in sorted(function(tf.constant(images, tf.float32)).items())}
+
+
+def _warmup_records(builder: SignatureBuilder, name: str) -> list[bytes]:
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    # A mid-grey face-sized image: warmup only needs the shapes, and it must run under any model.
+    image = tf.make_tensor_proto(np.full((1, 227, 227, 3), 127.5, np.float32))
+    records = []
+    # explain_xla is left out: a server without XLA would fail the warmup and refuse the whole version.
+    for signature, inputs in (("serving_default", {"image": image}),
+                              ("explain", {"image": image, "target": tf.make_tensor_proto(np.array([b""]))})):
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = name
+        request.model_spec.signature_name = signature
+        for key, proto in inputs.items():
+            request.inputs[key].CopyFrom(proto)
+        log_record = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+        records.append(log_record.SerializeToString())
+    return records
+
+
+def _write_warmup(path: Path, records: list[bytes]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for record in records:
+            writer.write(record)
+
+
+def _metadata(builder: SignatureBuilder, name: str, version: int, source: str) -> dict:
+    meta = {
+        "format": 1,
+        "model": name,
+        "version": version,
+        "source": source,
+        "psyattr_version": __version__,
+        "kind": builder.heads.kind,
+        "outputs": builder.heads.output_names,
+        "output_keys": builder.heads.keys,
+        "composite": builder.composite,
+        "signatures": list(SIGNATURES),
+        "image": {"shape": [None, 227, 227, 3], "dtype": "float32", "pixels": "RGB 0..255"},
+    }
+    layer = builder.scores_layer
+    if layer is not None:
+        meta["scales"] = {n: [lo, hi] for n, lo, hi in zip(layer.output_names, layer.scale_low, layer.scale_high)}
+    return meta
+
+
+def read_export_metadata(version_dir: str | os.PathLike) -> dict | None:
+    """The `assets.extra/psyattr.json` of an exported version, or None for exports of other tools."""
+    path = Path(version_dir) / ASSETS_EXTRA / METADATA_FILE
+    if not path.exists():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def export_model(
+    model: keras.Model | str | os.PathLike,
+    models_dir: str | os.PathLike,
+    name: str,
+    version: int | None = None,
+    composite: str = DEFAULT_COMPOSITE,
+) -> Path:
+    """Write `models_dir/name/version/` (default version: latest + 1) and return it; never overwrites.
+
+    `model` is a Keras model, a `.keras` file or a run folder. The version is written beside its
+    final place and renamed into it, so that a server polling the folder never sees half a model.
+    """
+    from psyattr.models.loading import load_model
+
+    if not MODEL_NAME.match(name):
+        raise ExportError(f"model name {name!r} must start with a letter or digit and hold only letters, digits, "
+                          "'_', '.' and '-' (e.g. psyattr_attractive)")
+    if version is not None and (not isinstance(version, (int, np.integer)) or version < 1):
+        raise ExportError(f"version must be a positive integer, got {version!r}")
+    model_dir = Path(models_dir) / name
+    version = int(version) if version is not None else (list_versions(model_dir) or [0])[-1] + 1
+    final = model_dir / str(version)
+    if final.exists():
+        raise FileExistsError(f"{final} already exists: versions are never overwritten; export as another "
+                              f"--version (next free: {(list_versions(model_dir) or [0])[-1] + 1})")
+    source = str(model) if not isinstance(model, keras.Model) else model.name
+    if not isinstance(model, keras.Model):
+        model = load_model(model)
+    builder = SignatureBuilder(model, composite)
+
+    archive = keras.export.ExportArchive()
+    for signature, function in builder.functions.items():
+        function.get_concrete_function()  # traced here, so that ExportArchive takes it as it is
+        archive.add_endpoint(signature, function)
+
+    model_dir.mkdir(parents=True, exist_ok=True)
+    # TF Serving only loads folders named by an integer: the hidden staging folder is invisible to it.
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=model_dir))
+    try:
+        target = staging / "model"
+        archive.write_out(str(target), verbose=False)
+        _write_warmup(target / ASSETS_EXTRA / WARMUP_FILE, _warmup_records(builder, name))
+        meta = _metadata(builder, name, version, source)
+        (target / ASSETS_EXTRA / METADATA_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        try:
+            os.rename(target, final)  # refuses (ENOTEMPTY/EEXIST) if someone else wrote the version meanwhile
+        except OSError as err:
+            raise FileExistsError(f"{final} appeared while exporting; nothing was overwritten ({err})") from err
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("exported %s version %d to %s (%s)", name, version, final, ", ".join(SIGNATURES))
+    return final

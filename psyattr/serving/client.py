@@ -1,0 +1,163 @@
+"""`ExplainerClient`: scores and heatmaps from a served psyattr model, over TF Serving's gRPC API.
+
+Works the same against `tensorflow_model_server` and `psyattr serve`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import grpc
+import numpy as np
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
+                                     predict_pb2, prediction_service_pb2_grpc)
+
+from psyattr.serving.errors import ServingError
+from psyattr.serving.tensors import to_numpy
+
+# gRPC clients refuse responses over 4 MiB by default; 16 heatmaps alone are 3.3 MB.
+DEFAULT_MAX_MESSAGE_BYTES = 512 << 20
+TargetSpec = int | str | Sequence[int | str] | None
+
+
+class ServedExplanation(NamedTuple):
+    """Per image: the explained output's name, its pre-activation score, the heatmap, and all model outputs."""
+
+    targets: list[str]
+    scores: np.ndarray  # (N,)
+    heatmap: np.ndarray  # (N, 227, 227)
+    outputs: dict[str, np.ndarray]  # serving_default outputs, each (N,)
+
+
+def _images(images: np.ndarray) -> np.ndarray:
+    array = np.asarray(images)
+    if array.dtype != np.uint8 and not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"images must be float (or uint8) pixel values 0..255, got dtype {array.dtype}")
+    if array.ndim == 3:
+        raise ValueError(f"images must be a batch (N, 227, 227, 3), got one image {array.shape}: add a batch axis "
+                         "(images[None])")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _targets(target: TargetSpec, count: int) -> np.ndarray:
+    items = [target] * count if target is None or isinstance(target, (int, str, np.integer)) else list(target)
+    if len(items) != count:
+        raise ValueError(f"got {len(items)} targets for {count} images: give one target, or one per image")
+    return np.array([b"" if t is None else str(int(t) if isinstance(t, np.integer) else t).encode() for t in items],
+                    dtype=object)
+
+
+class ExplainerClient:
+    """A client of one served model: `ExplainerClient("127.0.0.1:8500", "psyattr_attractive", timeout=30)`.
+
+    Every call has `timeout` seconds; calls that find the server UNAVAILABLE (starting, restarting,
+    overloaded) are retried `retries` times with exponential backoff, and no other error is retried.
+    Batches larger than `batch_size` are sent as several requests. `version` or `version_label`
+    pins a version; by default the server's latest answers.
+    """
+
+    def __init__(self, target: str, model_name: str, timeout: float = 60.0, *, version: int | None = None,
+                 version_label: str | None = None, retries: int = 3, backoff: float = 0.25, batch_size: int = 16,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
+        if version is not None and version_label is not None:
+            raise ValueError("give a version or a version_label, not both")
+        if timeout <= 0 or batch_size < 1 or retries < 0:
+            raise ValueError("timeout and batch_size must be positive and retries not negative")
+        self.target = target
+        self.model_name = model_name
+        self.timeout = timeout
+        self.version = version
+        self.version_label = version_label
+        self.retries = retries
+        self.backoff = backoff
+        self.batch_size = batch_size
+        self.channel = grpc.insecure_channel(target, options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ])
+        self.prediction = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
+
+    def _spec(self, spec, signature: str | None = None) -> None:
+        spec.name = self.model_name
+        if signature is not None:
+            spec.signature_name = signature
+        if self.version is not None:
+            spec.version.value = self.version
+        elif self.version_label is not None:
+            spec.version_label = self.version_label
+
+    def _call(self, method, request):
+        for attempt in range(self.retries + 1):
+            try:
+                return method(request, timeout=self.timeout)
+            except grpc.RpcError as err:
+                if err.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
+                    time.sleep(self.backoff * 2 ** attempt)
+                    continue
+                hint = {grpc.StatusCode.UNAVAILABLE: " (is the server running? retried "
+                                                      f"{attempt} time{'s' if attempt != 1 else ''})",
+                        grpc.StatusCode.DEADLINE_EXCEEDED: f" (after {self.timeout:g} s: give a longer timeout)"}
+                raise ServingError(err.code(), f"{self.model_name} at {self.target}: {err.details()}"
+                                   f"{hint.get(err.code(), '')}") from None
+
+    def _predict(self, signature: str, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
+        import tensorflow as tf
+
+        request = predict_pb2.PredictRequest()
+        self._spec(request.model_spec, signature)
+        for key, value in inputs.items():
+            request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+        response = self._call(self.prediction.Predict, request)
+        return {key: to_numpy(proto) for key, proto in response.outputs.items()}, response.model_spec.version.value
+
+    def _batched(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        count = len(next(iter(inputs.values())))
+        parts = [self._predict(signature, {k: v[i:i + self.batch_size] for k, v in inputs.items()})[0]
+                 for i in range(0, max(count, 1), self.batch_size)]  # an empty batch goes too: the server says why
+        return {key: np.concatenate([p[key] for p in parts]) for key in sorted(parts[0])}
+
+    def predict(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """`serving_default`: every named output (`score_happy`, `rating_happy`, `prob_female`, ...), each `(N,)`."""
+        return self._batched("serving_default", {"image": _images(images)})
+
+    def explain(self, images: np.ndarray, target: TargetSpec = None, xla: bool = False) -> ServedExplanation:
+        """Explain `target` per image (a name, an index, or None for the top output): scores and heatmaps.
+
+        `xla=True` asks for `explain_xla`, which only servers started with XLA enabled can run.
+        """
+        images = _images(images)
+        outputs = self._batched("explain_xla" if xla else "explain",
+                                {"image": images, "target": _targets(target, len(images))})
+        targets = [t.decode() if isinstance(t, bytes) else str(t) for t in outputs.pop("target")]
+        scores, heatmap = outputs.pop("target_score"), outputs.pop("heatmap")
+        return ServedExplanation(targets, scores, heatmap, outputs)
+
+    def metadata(self) -> dict[str, object]:
+        """The served version's SignatureDefs by name (GetModelMetadata)."""
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        self._spec(request.model_spec)
+        response = self._call(self.prediction.GetModelMetadata, request)
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signatures)
+        return dict(signatures.signature_def)
+
+    def status(self) -> list[tuple[int, str]]:
+        """(version, state name) for every version the server knows of (GetModelStatus)."""
+        request = get_model_status_pb2.GetModelStatusRequest()
+        self._spec(request.model_spec)
+        response = self._call(self.models.GetModelStatus, request)
+        state = get_model_status_pb2.ModelVersionStatus.State
+        return [(s.version, state.Name(s.state)) for s in response.model_version_status]
+
+    def close(self) -> None:
+        """Close the channel."""
+        self.channel.close()
+
+    def __enter__(self) -> ExplainerClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

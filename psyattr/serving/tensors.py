@@ -1,0 +1,60 @@
+"""numpy arrays to and from `TensorProto`, written as TF Serving writes them (typed fields, not raw bytes)."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+
+# dtype -> (DataType, the typed field TF Serving's AsProtoField fills)
+_FIELDS = {
+    np.dtype(np.float32): (types_pb2.DT_FLOAT, "float_val"),
+    np.dtype(np.float64): (types_pb2.DT_DOUBLE, "double_val"),
+    np.dtype(np.int32): (types_pb2.DT_INT32, "int_val"),
+    np.dtype(np.int64): (types_pb2.DT_INT64, "int64_val"),
+    np.dtype(np.bool_): (types_pb2.DT_BOOL, "bool_val"),
+}
+_NUMPY = {types_pb2.DT_FLOAT: np.float32, types_pb2.DT_DOUBLE: np.float64, types_pb2.DT_INT32: np.int32,
+          types_pb2.DT_INT64: np.int64, types_pb2.DT_BOOL: np.bool_}
+
+
+def dtype_name(dtype: int) -> str:
+    """`DT_FLOAT` for the enum value of DT_FLOAT."""
+    return types_pb2.DataType.Name(dtype)
+
+
+def to_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
+    """A response tensor in typed fields (`float_val`, `string_val`, ...), like TF Serving's Predict."""
+    array = np.asarray(array)
+    proto = tensor_pb2.TensorProto()
+    proto.tensor_shape.dim.extend(tensor_shape_pb2.TensorShapeProto.Dim(size=s) for s in array.shape)
+    if array.dtype == object or array.dtype.kind in "SU":
+        proto.dtype = types_pb2.DT_STRING
+        proto.string_val.extend(x if isinstance(x, bytes) else str(x).encode() for x in array.ravel())
+        return proto
+    if array.dtype not in _FIELDS:
+        raise TypeError(f"no TensorProto field for dtype {array.dtype}")
+    proto.dtype, field = _FIELDS[array.dtype]
+    # tolist() first: extending a repeated field from a list is several times faster than from numpy.
+    getattr(proto, field).extend(array.ravel().tolist())
+    return proto
+
+
+def to_numpy(proto: tensor_pb2.TensorProto) -> np.ndarray:
+    """A numpy array from either encoding (typed fields or `tensor_content`); ValueError if inconsistent."""
+    shape = tuple(d.size for d in proto.tensor_shape.dim)
+    count = int(np.prod(shape)) if shape else 1
+    dtype = _NUMPY.get(proto.dtype)
+    if dtype is not None and not proto.tensor_content:
+        values = np.array(getattr(proto, _FIELDS[np.dtype(dtype)][1]), dtype=dtype)
+        if values.size == count:
+            return values.reshape(shape)
+        if values.size == 1:  # TensorFlow broadcasts a single typed value to the whole shape
+            return np.full(shape, values[0], dtype=dtype)
+        raise ValueError(f"{values.size} values for shape {shape}")
+    if proto.dtype == types_pb2.DT_STRING:
+        values = np.array(list(proto.string_val), dtype=object)
+        if values.size != count:
+            raise ValueError(f"{values.size} strings for shape {shape}")
+        return values.reshape(shape)
+    return tf.make_ndarray(proto)

@@ -1,0 +1,425 @@
+"""The embedded server over real gRPC on loopback: stock TF Serving stubs, errors, batching, versions, client, CLI."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from click.testing import CliRunner
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
+                                     predict_pb2, prediction_service_pb2_grpc)
+
+from psyattr.cli import cli
+from psyattr.data.images import load_model_input
+from psyattr.export import export_model
+from psyattr.serving import BatchingParameters, ExplainerClient, ModelServer, ServingError
+from tests.serving_models import (EXPLAIN_EXTRA_KEYS, REGRESSOR_KEYS, assert_heatmaps_close, assert_predictions_close,
+                                  expected_explanations, expected_predictions, random_regressor)
+from tests.test_lrp_explainer import random_net
+
+ROOT = Path(__file__).resolve().parents[1]
+REGRESSOR = "psyattr_regressor"
+MAX_BATCH = 24
+MAX_MESSAGE = 16 << 20  # 27 images pass, 28 do not
+CONFIG = """
+model_config_list {
+  config { name: "psyattr_regressor" base_path: "/models/psyattr_regressor" model_platform: "tensorflow"
+           version_labels { key: "stable" value: 1 } }
+  config { name: "psyattr_gender" base_path: "/models/psyattr_gender" model_platform: "tensorflow" }
+  config { name: "psyattr_rollover" base_path: "/models/psyattr_rollover" model_platform: "tensorflow" }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def models(face_images):
+    return {REGRESSOR: random_regressor(21, face_images), "psyattr_gender": random_net("gender", 22, False)}
+
+
+@pytest.fixture(scope="module")
+def serving_root(models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("saved_models")
+    for name, model in models.items():
+        export_model(model, root, name)
+    shutil.copytree(root / REGRESSOR / "1", root / "psyattr_rollover" / "1")
+    (root / "models.config").write_text(CONFIG)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(serving_root):
+    # XLA stays enabled in the test process (disabling it cannot be undone); test_serve_command covers the default.
+    batching = BatchingParameters(max_batch_size=MAX_BATCH, batch_timeout_micros=50_000, num_batch_threads=1)
+    server = ModelServer(serving_root, serving_root / "models.config", batching, port=0, poll_seconds=0.2,
+                         max_message_bytes=MAX_MESSAGE, xla_cpu_compilation_enabled=True).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def stub(server):
+    channel = grpc.insecure_channel(server.address)  # stock options: what any TF Serving client starts with
+    yield prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    channel.close()
+
+
+@pytest.fixture(scope="module")
+def happy_explanations(models, face_images):
+    return expected_explanations(models[REGRESSOR], face_images[:6], ["happy"] * 6)
+
+
+def predict_request(images, model=REGRESSOR, signature="serving_default", **inputs) -> predict_pb2.PredictRequest:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.model_spec.signature_name = signature
+    request.inputs["image"].CopyFrom(tf.make_tensor_proto(images))
+    for key, value in inputs.items():
+        request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+    return request
+
+
+def outputs_of(response) -> dict[str, np.ndarray]:
+    return {key: tf.make_ndarray(proto) for key, proto in response.outputs.items()}
+
+
+def test_predict_with_the_stock_stub_gives_in_process_keras_scores(stub, models, face_images):
+    for name, model in models.items():
+        response = stub.Predict(predict_request(face_images[:3], name), timeout=60)
+        assert (response.model_spec.name, response.model_spec.version.value) == (name, 1)
+        assert response.model_spec.signature_name == "serving_default"
+        assert_predictions_close(outputs_of(response), expected_predictions(model, face_images[:3]))
+    # Typed fields, as TF Serving writes them, not tensor_content.
+    assert len(response.outputs["prob_male"].float_val) == 3 and not response.outputs["prob_male"].tensor_content
+
+
+def test_explain_with_the_stock_stub_gives_in_process_heatmaps(stub, models, face_images):
+    targets = np.array([b"happy", b"", b"1"], dtype=object)
+    response = stub.Predict(predict_request(face_images[:3], signature="explain", target=targets), timeout=120)
+    outputs = outputs_of(response)
+    assert set(outputs) == REGRESSOR_KEYS | EXPLAIN_EXTRA_KEYS
+    names, scores, heatmaps = expected_explanations(models[REGRESSOR], face_images[:3], targets)
+    assert [t.decode() for t in outputs.pop("target")] == names
+    np.testing.assert_allclose(outputs.pop("target_score"), scores, rtol=1e-5)
+    assert_heatmaps_close(outputs.pop("heatmap"), heatmaps)
+    assert_predictions_close(outputs, expected_predictions(models[REGRESSOR], face_images[:3]))
+
+
+def test_explain_xla_runs_on_a_server_with_xla_enabled(server, models, face_images):
+    with ExplainerClient(server.address, "psyattr_gender", timeout=120) as client:
+        result = client.explain(face_images[:2], ["female", 0], xla=True)
+    names, scores, heatmaps = expected_explanations(models["psyattr_gender"], face_images[:2], ["female", "0"],
+                                                    xla=True)
+    assert result.targets == names == ["female", "male"]
+    np.testing.assert_allclose(result.scores, scores, rtol=1e-5)
+    assert_heatmaps_close(result.heatmap, heatmaps)
+
+
+def test_metadata_and_status_answer_like_tf_serving(server, stub):
+    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    request.model_spec.name = REGRESSOR
+    response = stub.GetModelMetadata(request, timeout=10)
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    response.metadata["signature_def"].Unpack(signatures)
+    assert {"serving_default", "explain", "explain_xla"} <= set(signatures.signature_def)
+    assert set(signatures.signature_def["explain"].inputs) == {"image", "target"}
+    assert response.model_spec.version.value == 1
+    request.metadata_field[:] = ["nope"]
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.GetModelMetadata(request, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details() == "Metadata field nope is not supported"
+
+    channel = grpc.insecure_channel(server.address)
+    models_stub = model_service_pb2_grpc.ModelServiceStub(channel)
+    status_request = get_model_status_pb2.GetModelStatusRequest()
+    status_request.model_spec.name = REGRESSOR
+    (status,) = models_stub.GetModelStatus(status_request, timeout=10).model_version_status
+    assert (status.version, status.state, status.status.error_code) == (
+        1, get_model_status_pb2.ModelVersionStatus.AVAILABLE, 0)
+    for name, version, message in (("nope", None, "Could not find any versions of model nope"),
+                                   (REGRESSOR, 9, f"Could not find version 9 of model {REGRESSOR}")):
+        status_request.model_spec.name = name
+        if version is not None:
+            status_request.model_spec.version.value = version
+        with pytest.raises(grpc.RpcError) as caught:
+            models_stub.GetModelStatus(status_request, timeout=10)
+        assert (caught.value.code(), caught.value.details()) == (grpc.StatusCode.NOT_FOUND, message)
+    channel.close()
+
+
+def test_a_version_label_from_the_config_picks_its_version(stub, face_images):
+    request = predict_request(face_images[:1])
+    request.model_spec.version_label = "stable"
+    assert stub.Predict(request, timeout=60).model_spec.version.value == 1
+
+
+def _spec(**fields):
+    def change(request, images):
+        for key, value in fields.items():
+            if key == "version":
+                request.model_spec.version.value = value
+            else:
+                setattr(request.model_spec, key, value)
+        return request
+    return change
+
+
+def _inputs(**arrays):
+    def change(request, images):
+        request.inputs.clear()
+        for key, make in arrays.items():
+            request.inputs[key].CopyFrom(tf.make_tensor_proto(make(images)))
+        return request
+    return change
+
+
+def _nan(images):
+    bad = images[:2].copy()
+    bad[1, 100, 100, 1] = np.nan
+    return bad
+
+
+def _no_spec(request, images):
+    request.ClearField("model_spec")
+    return request
+
+
+def _filter(request, images):
+    request.output_filter.append("nope")
+    return request
+
+
+def _explain(target):
+    def change(request, images):
+        request.model_spec.signature_name = "explain"
+        request.inputs["target"].CopyFrom(tf.make_tensor_proto(np.array(target, dtype=object)))
+        return request
+    return change
+
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+BAD_REQUESTS = {
+    "unknown model": (_spec(name="nope"), grpc.StatusCode.NOT_FOUND, r"^Servable not found for request: Latest\(nope\)$"),
+    "unknown version": (_spec(version=7), grpc.StatusCode.NOT_FOUND,
+                        rf"^Servable not found for request: Specific\({REGRESSOR}, 7\)$"),
+    "unknown label": (_spec(version_label="nope"), INVALID, "^Unrecognized servable version label: nope$"),
+    "unknown signature": (_spec(signature_name="nope"), grpc.StatusCode.FAILED_PRECONDITION,
+                          '^Serving signature key "nope" not found.$'),
+    "missing model spec": (_no_spec, INVALID, "^Missing ModelSpec$"),
+    "wrong input name": (_inputs(images=lambda x: x[:1]), INVALID,
+                         r"^Signature input alias: image\(feed name: serving_default_image:0\) not found in request"),
+    "missing input": (_spec(signature_name="explain"), INVALID,
+                      r"^input size does not match signature: 1!=2 .* Missing but required: \{target\}\.$"),
+    "wrong dtype": (_inputs(image=lambda x: x[:1].astype(np.float64)), INVALID,
+                    "input 'image' must be DT_FLOAT, got DT_DOUBLE"),
+    "wrong shape": (_inputs(image=lambda x: x[:1, :224, :224]), INVALID,
+                    r"input 'image' must have shape \(N, 227, 227, 3\), got \(1, 224, 224, 3\)"),
+    "wrong rank": (_inputs(image=lambda x: x[0]), INVALID,
+                   r"input 'image' must have 4 dimensions \(N, 227, 227, 3\), got 3 .*add a batch axis"),
+    "empty batch": (_inputs(image=lambda x: x[:0]), INVALID, "input 'image' is an empty batch"),
+    "NaN pixels": (_inputs(image=_nan), INVALID, r"input 'image' contains NaN or infinite values \(rows 1\)"),
+    "unknown target": (_explain([b"sad"]), INVALID, r"unknown target 'sad' \(image 0\).*happy, attractive"),
+    "target count": (_explain([b"happy", b"happy"]), INVALID, "inputs must hold the same number of rows"),
+    "unknown output": (_filter, INVALID, "^output tensor alias not found in signature: nope"),
+    "too many images": (_inputs(image=lambda x: np.concatenate([x] * 3)[:MAX_BATCH + 1]), INVALID,
+                        rf"Task size {MAX_BATCH + 1} is larger than maximum input batch size {MAX_BATCH}"),
+    "oversized request": (_inputs(image=lambda x: np.concatenate([x] * 3)[:28]), grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          "larger than max"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_a_bad_request_gets_its_status_and_the_server_keeps_serving(case, server, stub, face_images):
+    change, code, pattern = BAD_REQUESTS[case]
+    request = change(predict_request(face_images[:1]), face_images)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Predict(request, timeout=60)
+    assert caught.value.code() == code
+    assert re.search(pattern, caught.value.details()), caught.value.details()
+    assert stub.Predict(predict_request(face_images[:1]), timeout=60).outputs["score_happy"].float_val
+    assert server.core.status_counts["INTERNAL"] == 0
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server, stub, face_images, happy_explanations):
+    barrier = threading.Barrier(6)
+
+    def explain_one(i: int) -> np.ndarray:
+        request = predict_request(face_images[i:i + 1], signature="explain", target=np.array([b"happy"], dtype=object))
+        barrier.wait()
+        return tf.make_ndarray(stub.Predict(request, timeout=120).outputs["heatmap"])[0]
+
+    key = f"{REGRESSOR}/1/explain"
+    before = server.manager.batch_sizes().get(key, Counter())
+    with ThreadPoolExecutor(6) as pool:
+        heatmaps = np.stack(list(pool.map(explain_one, range(6))))
+    assert_heatmaps_close(heatmaps, happy_explanations[2])
+    batches = server.manager.batch_sizes()[key] - before  # requests per batch -> batches
+    assert sum(size * count for size, count in batches.items()) == 6 and max(batches) > 1, batches
+
+
+def test_the_client_receives_heatmaps_beyond_grpcs_4_mib_default(server, face_images, happy_explanations):
+    images = np.concatenate([face_images, face_images, face_images[:1]])  # 21 images in one request
+    with ExplainerClient(server.address, REGRESSOR, timeout=300, batch_size=MAX_BATCH) as client:
+        result = client.explain(images, "happy")
+    assert result.heatmap.nbytes > 4 << 20 and result.targets == ["happy"] * 21
+    assert_heatmaps_close(result.heatmap[[0, 1, 2, 13, 14, 15]], happy_explanations[2][[0, 1, 2, 3, 4, 5]])
+
+
+def test_the_client_splits_batches_and_retries_only_unavailable(server, serving_root, face_images,
+                                                                 happy_explanations, tmp_path):
+    counts = server.core.status_counts
+    ok, invalid = counts["OK"], counts["INVALID_ARGUMENT"]
+    with ExplainerClient(server.address, REGRESSOR, timeout=120, batch_size=2, retries=5) as client:
+        result = client.explain(face_images[:3], "happy")
+        assert counts["OK"] == ok + 2  # 2 + 1 images
+        assert_heatmaps_close(result.heatmap, happy_explanations[2][:3])
+        with pytest.raises(ServingError, match="unknown target 'sad'") as caught:
+            client.explain(face_images[:1], "sad")
+        assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT and counts["INVALID_ARGUMENT"] == invalid + 1
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with ExplainerClient(f"127.0.0.1:{port}", "psyattr_gender", timeout=10, retries=0) as client:
+        with pytest.raises(ServingError) as caught:
+            client.predict(face_images[:1])
+        assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+    # A server that comes up while the client backs off is reached by a retry.
+    shutil.copytree(serving_root / "psyattr_gender", tmp_path / "late" / "psyattr_gender")
+    late = ModelServer(tmp_path / "late", port=port, xla_cpu_compilation_enabled=True, warmup=False)
+    starter = threading.Timer(1.0, late.start)
+    starter.start()
+    try:
+        with ExplainerClient(f"127.0.0.1:{port}", "psyattr_gender", timeout=30, retries=8, backoff=0.2) as client:
+            assert set(client.predict(face_images[:1])) == {"prob_male", "prob_female", "logit_male", "logit_female"}
+    finally:
+        starter.join()
+        late.stop()
+
+
+def wait_for(condition, what: str, timeout: float = 90.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def test_new_versions_are_served_without_restart_and_broken_ones_are_skipped(server, serving_root, face_images,
+                                                                            caplog):
+    caplog.set_level(logging.INFO, logger="psyattr.serving")
+    folder = serving_root / "psyattr_rollover"
+    client = ExplainerClient(server.address, "psyattr_rollover", timeout=60)
+    assert client.status() == [(1, "AVAILABLE")]
+    new_model = random_regressor(31, face_images)
+    export_model(new_model, serving_root, "psyattr_rollover")
+    wait_for(lambda: client.status() == [(1, "END"), (2, "AVAILABLE")], "version 2 to replace version 1")
+    expected = expected_predictions(new_model, face_images[:2])
+    assert_predictions_close(client.predict(face_images[:2]), expected)
+
+    (folder / "3").mkdir()
+    (folder / "3" / "saved_model.pb").write_bytes(b"this is not a SavedModel")
+    half = folder / "4"  # a copy of version 2 that stopped half-way through the weights
+    (half / "variables").mkdir(parents=True)
+    shutil.copy(folder / "2" / "saved_model.pb", half)
+    shutil.copy(folder / "2" / "variables" / "variables.index", half / "variables")
+    data = (folder / "2" / "variables" / "variables.data-00000-of-00001").read_bytes()
+    (half / "variables" / "variables.data-00000-of-00001").write_bytes(data[:len(data) // 2])
+    states = wait_for(lambda: dict(client.status()) if {3, 4} <= set(dict(client.status())) else None,
+                      "versions 3 and 4 to be tried")
+    assert states == {1: "END", 2: "AVAILABLE", 3: "END", 4: "END"}
+    for version in (3, 4):
+        assert f"skipped psyattr_rollover version {version}" in caplog.text
+    assert "version 2 keeps serving" in caplog.text
+    assert_predictions_close(client.predict(face_images[:2]), expected)
+
+    shutil.copytree(folder / "2", half, dirs_exist_ok=True)  # the copy completes: version 4 is tried again
+    wait_for(lambda: dict(client.status()).get(4) == "AVAILABLE", "the completed version 4 to load")
+    request = predict_request(face_images[:2], "psyattr_rollover")
+    response = prediction_service_pb2_grpc.PredictionServiceStub(client.channel).Predict(request, timeout=60)
+    assert response.model_spec.version.value == 4
+    assert_predictions_close(outputs_of(response), expected)
+    client.close()
+
+
+def test_cli_predict_and_explain_ask_the_server(server, omi_dir, tmp_path):
+    images = [omi_dir / "images_256" / name for name in ("1.jpg", "2.jpg")]
+    arrays = np.stack([load_model_input(p) for p in images])
+    with ExplainerClient(server.address, REGRESSOR, timeout=120) as client:
+        direct = client.predict(arrays)
+        explained = client.explain(arrays[:1], "happy")
+    result = CliRunner().invoke(cli, ["predict", "--server", server.address, "--model", REGRESSOR, *map(str, images)])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.output.splitlines()]
+    assert [r["image"] for r in records] == list(map(str, images))
+    for i, record in enumerate(records):
+        assert record["outputs"] == pytest.approx({k: float(v[i]) for k, v in direct.items()}, rel=1e-6)
+
+    out = tmp_path / "heatmaps"
+    result = CliRunner().invoke(cli, ["explain", "--server", server.address, "--model", REGRESSOR, "--target", "happy",
+                                      "--no-progress", "--out", str(out), str(images[0])])
+    assert result.exit_code == 0, result.output
+    assert f"explained 1 image(s) with {REGRESSOR} at {server.address}" in result.output
+    record = json.loads((out / "1.json").read_text())
+    assert record["target"] == "happy" and record["score"] == pytest.approx(float(explained.scores[0]), rel=1e-6)
+    assert_heatmaps_close(np.load(out / "1.heatmap.npy")[None], explained.heatmap)
+    assert (out / "1.png").exists()
+
+    result = CliRunner().invoke(cli, ["explain", "--server", server.address, "--model", REGRESSOR, "--composite",
+                                      "epsilon", "--out", str(out), str(images[0])])
+    assert result.exit_code != 0 and "--composite applies to local explanations" in result.output
+    result = CliRunner().invoke(cli, ["predict", "--server", server.address, "--model", "nope", str(images[0])])
+    assert result.exit_code != 0 and "Servable not found for request: Latest(nope)" in result.output
+
+
+def test_serve_command_disables_xla_like_tf_serving_and_stops_gracefully(serving_root, face_images, tmp_path):
+    shutil.copytree(serving_root / "psyattr_gender", tmp_path / "models" / "psyattr_gender")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "psyattr", "serve", "--models", str(tmp_path / "models"),
+                                    "--port", "0"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
+    try:
+        first = lines.get(timeout=180)
+        match = re.match(r"serving psyattr_gender on (127\.0\.0\.1:\d+) ", first)
+        assert match, first + (tmp_path / "stderr.txt").read_text()[-2000:]
+        client = ExplainerClient(match.group(1), "psyattr_gender", timeout=120, retries=0)
+        assert client.predict(face_images[:1])["prob_male"].shape == (1,)
+        with pytest.raises(ServingError, match="XLA compilation disabled") as caught:
+            client.explain(face_images[:1], xla=True)
+        assert caught.value.code == grpc.StatusCode.INTERNAL
+
+        with ThreadPoolExecutor(1) as pool:  # SIGTERM while an explain is running: it is still answered
+            images = np.concatenate([face_images, face_images[:6]])
+            running = pool.submit(lambda: (client.explain(images, "female"), time.monotonic()))
+            time.sleep(0.3)
+            signalled = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            result, answered = running.result(timeout=120)
+        assert result.heatmap.shape == (16, 227, 227) and answered > signalled
+        assert process.wait(timeout=120) == 0
+        assert lines.get(timeout=10).strip() == "stopped"
+        client.close()
+    finally:
+        if process.poll() is None:
+            process.kill()
