@@ -113,6 +113,8 @@ Confusion matrix (rows true, columns predicted):
 {terms}
 """
     (PRESET_DIR / f"{task}_{args.name}.md").write_text(card)
+    # The held-out file names (no images), so that anyone with the data can re-check the card's numbers.
+    (PRESET_DIR / f"{task}_{args.name}_test_split.txt").write_text("\n".join(p.name for p in test_paths) + "\n")
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, sha256 {digest[:12]}...); test: {scores}")
 
 
