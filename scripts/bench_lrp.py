@@ -13,26 +13,14 @@ import argparse
 import os
 import statistics
 import time
-from pathlib import Path
 
-import numpy as np
 import tensorflow as tf
 
 from psyattr.lrp import LRPExplainer
 from psyattr.lrp.composites import COMPOSITES
 from psyattr.models import build_base_model
 from psyattr.models.loading import load_model
-
-
-def faces(count: int) -> np.ndarray:
-    """Real faces from $PSYATTR_DATA_DIR/omi when present, else random pixels."""
-    from psyattr.data.images import load_model_input
-
-    folder = Path(os.environ.get("PSYATTR_DATA_DIR", "")) / "omi" / "images_256"
-    files = sorted(folder.glob("*.jpg"))[:count] if folder.is_dir() else []
-    if len(files) == count:
-        return np.stack([load_model_input(p) for p in files])
-    return np.random.default_rng(0).uniform(0, 255, (count, 227, 227, 3)).astype(np.float32)
+from benchdata import faces
 
 
 def main() -> None:

@@ -17,38 +17,15 @@ import statistics
 import time
 from pathlib import Path
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from psyattr.models import build_base_model
 from psyattr.models.loading import load_model
+from psyattr.models.weights import randomize_weights
 from psyattr.studies.attribution import build_attribution_method, build_score_function, method_names
 from psyattr.studies.quality import plot_perturbation_curves, quality_table_markdown, run_quality_study
-
-
-def faces(count: int) -> np.ndarray:
-    """Real faces from $PSYATTR_DATA_DIR/omi when present, else random pixels."""
-    from psyattr.data.images import load_model_input
-
-    folder = Path(os.environ.get("PSYATTR_DATA_DIR", "")) / "omi" / "images_256"
-    files = sorted(folder.glob("*.jpg"))[:count] if folder.is_dir() else []
-    if len(files) == count:
-        return np.stack([load_model_input(p) for p in files])
-    return np.random.default_rng(0).uniform(0, 255, (count, 227, 227, 3)).astype(np.float32)
-
-
-def scaled_random_net(task: str = "age", seed: int = 0) -> keras.Model:
-    """The base net with Gaussian weights of std 1.2 / sqrt(fan-in) and small positive biases."""
-    model = build_base_model(task)
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if layer.weights:
-            kernel = layer.get_weights()[0]
-            fan_in = int(np.prod(kernel.shape[:-1]))
-            layer.set_weights([rng.normal(0, 1.2 / np.sqrt(fan_in), kernel.shape).astype("float32"),
-                               rng.normal(0.1, 0.3, kernel.shape[-1]).astype("float32")])
-    return model
+from benchdata import faces
 
 
 def main() -> None:
@@ -63,7 +40,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="folder for the study's plot and table")
     args = parser.parse_args()
 
-    model = load_model(args.model) if args.model else scaled_random_net()
+    model = load_model(args.model) if args.model else randomize_weights(build_base_model("age"))
     images = faces(args.batch)
     targets = np.zeros(args.batch, np.int32)
     names = args.methods or list(method_names())

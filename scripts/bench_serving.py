@@ -24,22 +24,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from benchdata import faces
 
 # Without XLA, then with it: LRPExplainer in process (relevance only), the exported signature's function
 # in process (relevance plus every model output), and that signature served over gRPC.
 GROUPS = (("LRPExplainer", "signature explain", "gRPC explain"),
           ("LRPExplainer, XLA", "signature explain_xla", "gRPC explain_xla"))
-
-
-def faces(count: int) -> np.ndarray:
-    """Real faces from $PSYATTR_DATA_DIR/omi when present, else random pixels."""
-    from psyattr.data.images import load_model_input
-
-    folder = Path(os.environ.get("PSYATTR_DATA_DIR", "")) / "omi" / "images_256"
-    files = sorted(folder.glob("*.jpg"))[:count] if folder.is_dir() else []
-    if len(files) == count:
-        return np.stack([load_model_input(p) for p in files])
-    return np.random.default_rng(0).uniform(0, 255, (count, 227, 227, 3)).astype(np.float32)
 
 
 def start_server(models_dir: Path) -> tuple[subprocess.Popen, str]:

@@ -14,16 +14,15 @@ XLA disabled as TF Serving does by default. Usage:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import grpc
 import numpy as np
+from benchdata import faces
 
 VALID = ("predict", "explain")
 TOLERANCE = 1e-4  # of each output's range over the test images
@@ -42,17 +41,6 @@ INVALID = {
 }
 # Half of the requests are valid: each client cycles through this schedule from its own offset.
 SCHEDULE = [kind for pair in zip(["predict", "explain"] * 5, INVALID) for kind in pair]
-
-
-def faces(count: int) -> np.ndarray:
-    """Real faces from $PSYATTR_DATA_DIR/omi when present, else random pixels."""
-    from psyattr.data.images import load_model_input
-
-    folder = Path(os.environ.get("PSYATTR_DATA_DIR", "")) / "omi" / "images_256"
-    files = sorted(folder.glob("*.jpg"))[:count] if folder.is_dir() else []
-    if len(files) == count:
-        return np.stack([load_model_input(p) for p in files])
-    return np.random.default_rng(0).uniform(0, 255, (count, 227, 227, 3)).astype(np.float32)
 
 
 def build_request(kind: str, name: str, images: np.ndarray, index: int):

@@ -62,7 +62,7 @@ def test_explain_refuses_unknown_target_and_composite(tmp_path, random_age_model
     image = str(omi_dir / "images_256" / "1.jpg")
     result = CliRunner().invoke(cli, ["explain", "--model", str(random_age_model), "--target", "happy",
                                       "--out", str(tmp_path), image])
-    assert result.exit_code != 0 and "unknown target 'happy': the outputs are 0-2" in result.output
+    assert result.exit_code != 0 and "unknown target 'happy': the outputs of model 'age_net' are 0-2" in result.output
     result = CliRunner().invoke(cli, ["explain", "--model", str(random_age_model), "--composite", "magic",
                                       "--out", str(tmp_path), image])
     assert result.exit_code != 0 and "unknown composite 'magic'" in result.output

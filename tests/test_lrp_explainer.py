@@ -9,22 +9,14 @@ import pytest
 from psyattr.lrp import COMPOSITES, AlphaBeta, Epsilon, LRPError, LRPExplainer, ZBox
 from psyattr.lrp.composites import get_composite
 from psyattr.models import build_base_model
+from psyattr.models.weights import randomize_weights
 
 EXPECTED_COMPOSITES = {"epsilon", "alpha2beta1", "alpha1beta0", "epsilon_plus", "epsilon_alpha2beta1",
                        "epsilon_plus_flat", "epsilon_alpha2beta1_flat", "epsilon_gamma_box"}
 
 
 def random_net(task: str, seed: int, zero_bias: bool) -> keras.Model:
-    model = build_base_model(task)
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if layer.weights:
-            kernel = layer.get_weights()[0]
-            fan_in = int(np.prod(kernel.shape[:-1]))
-            bias = np.zeros(kernel.shape[-1]) if zero_bias else rng.normal(0.1, 0.3, kernel.shape[-1])
-            layer.set_weights([rng.normal(0, 1.2 / np.sqrt(fan_in), kernel.shape).astype("float32"),
-                               bias.astype("float32")])
-    return model
+    return randomize_weights(build_base_model(task), seed, zero_bias)
 
 
 @pytest.fixture(scope="module")
@@ -122,9 +114,9 @@ def test_targets_by_name_index_or_per_image(biased_net, face_images):
 
 def test_bad_targets_name_the_outputs(biased_net, face_images):
     explainer = LRPExplainer(biased_net, "epsilon")
-    with pytest.raises(ValueError, match=r"target 8 is out of range: the model has 8 outputs \(0..7: 0-2, 4-6"):
+    with pytest.raises(ValueError, match=r"target 8 is out of range: model 'age_net' has 8 outputs \(0..7: 0-2, 4-6"):
         explainer(face_images[:1], 8)
-    with pytest.raises(ValueError, match=r"unknown target 'happy': the outputs are 0-2, 4-6"):
+    with pytest.raises(ValueError, match=r"unknown target 'happy': the outputs of model 'age_net' are 0-2, 4-6"):
         explainer(face_images[:1], "happy")
     with pytest.raises(ValueError, match="got 3 targets for 2 images"):
         explainer(face_images[:2], [0, 1, 2])

@@ -205,7 +205,7 @@ def test_clear_errors(quadrant_model, images):
         run_quality_study(quadrant_model, images[0], 0, ["random"])
     with pytest.raises(ValueError, match=r"steps must be from 1 to the number of 45x45 patches \(25\), got 30"):
         run_quality_study(quadrant_model, images, 0, ["random"], steps=30, patch=45)
-    with pytest.raises(ValueError, match="unknown target 'happy': the outputs of 'quadrant_net' are 0, 1"):
+    with pytest.raises(ValueError, match="unknown target 'happy': the outputs of model 'quadrant_net' are 0, 1"):
         run_quality_study(quadrant_model, images, "happy", ["random"])
     with pytest.raises(ValueError, match="Grad-CAM needs the layer 'conv5'.*conv1, conv3"):
         build_attribution_method(quadrant_model, "gradcam", penultimate_layer="conv5")

@@ -63,7 +63,7 @@ def test_occlusion_reports_score_changes_with_intervals(study_models, omi, run_d
     faces = held_out_faces(omi, limit=8)
     results = occlusion_study(study_models, omi, "happy", faces, run_dir / "occlusion", relevance_faces=4, examples=2)
     assert results["faces"] == 8 and results["skipped"] == []
-    for label, model_result in results["models"].items():
+    for model_result in results["models"].values():
         assert set(model_result["regions"]) == {"mouth", "right_eye", "both_eyes"}
         for region in model_result["regions"].values():
             low, high = region["ci95"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import NamedTuple
 
 import keras
@@ -12,12 +11,10 @@ import tensorflow as tf
 from psyattr.lrp.composites import Composite, get_composite
 from psyattr.lrp.graph import LRPError, RelevanceGraph
 from psyattr.lrp.rules import Rule
-from psyattr.models.outputs import output_names
+from psyattr.models.outputs import Target, output_names, resolve_targets
 
 # Attribution methods computed through the same interface as the LRP composites, for comparison.
 GRADIENT_METHODS = ("gradient", "gradient_x_input")
-
-Target = int | str | Sequence[int | str] | np.ndarray | None
 
 
 class Explanation(NamedTuple):
@@ -78,25 +75,8 @@ class LRPExplainer:
 
     def resolve_targets(self, target: Target, count: int, images: np.ndarray | None = None) -> np.ndarray:
         """Per-image output indices from an index, an output name, one per image, or None (the top output)."""
-        if target is None:
-            if images is None:
-                raise ValueError("target=None needs the images to pick each one's top output")
-            return np.argmax(self._scores_fn(tf.constant(images)).numpy(), axis=1).astype(np.int32)
-        items = [target] * count if isinstance(target, (int, str, np.integer)) else list(target)
-        if len(items) != count:
-            raise ValueError(f"got {len(items)} targets for {count} images: give one target, or one per image")
-        indices = []
-        for item in items:
-            if isinstance(item, str):
-                if item not in self.output_names:
-                    raise ValueError(f"unknown target {item!r}: the outputs are {', '.join(self.output_names)}")
-                indices.append(self.output_names.index(item))
-            elif isinstance(item, (int, np.integer)) and 0 <= int(item) < self.graph.num_outputs:
-                indices.append(int(item))
-            else:
-                raise ValueError(f"target {item!r} is out of range: the model has {self.graph.num_outputs} outputs "
-                                 f"(0..{self.graph.num_outputs - 1}: {', '.join(self.output_names)})")
-        return np.asarray(indices, dtype=np.int32)
+        top = (lambda: self._scores_fn(tf.constant(images)).numpy()) if images is not None else None
+        return resolve_targets(self.output_names, target, count, top, f"model {self.model.name!r}")
 
     def __call__(self, images: np.ndarray | tf.Tensor, target: Target = None) -> Explanation:
         """Explain `target` for each image: its pre-activation score and the relevance of every input value."""

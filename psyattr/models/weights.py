@@ -46,6 +46,23 @@ def save_npz_weights(model: keras.Model, path: str | os.PathLike, dtype: str = "
     return sha256_file(path)
 
 
+def randomize_weights(model: keras.Model, seed: int = 0, zero_bias: bool = False) -> keras.Model:
+    """Give every weighted layer Gaussian weights of std 1.2 / sqrt(fan-in) (biases 0, or N(0.1, 0.3)).
+
+    Activations then keep a useful size through the whole net at pixel-scale input: for benchmarks and
+    tests that need a net which is neither trained nor degenerate.
+    """
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if layer.weights:
+            kernel = layer.get_weights()[0]
+            fan_in = int(np.prod(kernel.shape[:-1]))
+            bias = np.zeros(kernel.shape[-1]) if zero_bias else rng.normal(0.1, 0.3, kernel.shape[-1])
+            layer.set_weights([rng.normal(0, 1.2 / np.sqrt(fan_in), kernel.shape).astype("float32"),
+                               bias.astype("float32")])
+    return model
+
+
 def _arrays_from_npz(path: Path) -> dict[str, list[np.ndarray]]:
     try:
         with np.load(path) as data:

@@ -17,7 +17,8 @@ import tensorflow as tf
 
 from psyattr.lrp import COMPOSITES, LRPExplainer
 from psyattr.lrp.heatmap import heatmap
-from psyattr.models.outputs import output_names
+from psyattr.models.outputs import Target, output_names
+from psyattr.models.outputs import resolve_targets as resolve_outputs
 
 AttributionMethod = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """Takes images `(N, H, W, C)` and output indices `(N,)`; returns heatmaps `(N, H, W)`, higher = more relevant."""
@@ -27,7 +28,6 @@ TF_KERAS_VIS_METHODS = ("saliency", "smoothgrad", "gradcam")
 OTHER_METHODS = ("gradient_x_input", *TF_KERAS_VIS_METHODS, "random")
 DEFAULT_PENULTIMATE_LAYER = "conv3"
 RANDOM_STREAM = 0  # the random heatmaps' share of the seed (region perturbation noise is another)
-Target = int | str | Sequence[int | str] | np.ndarray | None
 
 
 def method_names() -> tuple[str, ...]:
@@ -99,26 +99,7 @@ def resolve_targets(model: keras.Model, target: Target, count: int,
     `scores` is called for None only, and returns the pre-activation outputs `(count, K)`.
     """
     num_outputs = int(preactivation_model(model).outputs[0].shape[-1])
-    names = output_names(model, num_outputs)
-    if target is None:
-        if scores is None:
-            raise ValueError("target=None needs the scores to pick each image's top output")
-        return np.argmax(scores(), axis=1).astype(np.int32)
-    items = [target] * count if isinstance(target, (int, str, np.integer)) else list(target)
-    if len(items) != count:
-        raise ValueError(f"got {len(items)} targets for {count} images: give one target, or one per image")
-    indices = []
-    for item in items:
-        if isinstance(item, str):
-            if item not in names:
-                raise ValueError(f"unknown target {item!r}: the outputs of {model.name!r} are {', '.join(names)}")
-            indices.append(names.index(item))
-        elif isinstance(item, (int, np.integer)) and 0 <= int(item) < num_outputs:
-            indices.append(int(item))
-        else:
-            raise ValueError(f"target {item!r} is out of range: {model.name!r} has {num_outputs} outputs "
-                             f"(0..{num_outputs - 1}: {', '.join(names)})")
-    return np.asarray(indices, dtype=np.int32)
+    return resolve_outputs(output_names(model, num_outputs), target, count, scores, f"model {model.name!r}")
 
 
 def image_seed(seed: int, image: np.ndarray, stream: int = 0) -> np.random.Generator:
