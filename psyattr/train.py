@@ -21,6 +21,7 @@ from psyattr.data.cache import decode_images
 from psyattr.data.pipeline import center_crops, train_dataset
 from psyattr.data.rated import PAPER_SCALE, RatedFaces, RatingsError
 from psyattr.data.splits import half_split
+from psyattr.features import pool5_features
 from psyattr.models.groups import FEATURES
 from psyattr.models.layers import AttributeScores
 from psyattr.models.loading import load_model
@@ -113,11 +114,12 @@ class SplitMAE(keras.callbacks.Callback):
                     logs[f"{name}_mae_{column}"] = float(errors[:, k].mean())
 
 
-def _compile(model: keras.Model, config: TrainConfig) -> None:
+def _compile(model: keras.Model, config: TrainConfig, jit_compile: bool | str = "auto") -> None:
     model.compile(
         optimizer=keras.optimizers.SGD(config.learning_rate, momentum=config.momentum, nesterov=True),
         loss="mse",
         metrics=["mae"],
+        jit_compile=jit_compile,
     )
 
 
@@ -154,7 +156,8 @@ def train_regressor(
         raise RatingsError(f"too few usable faces for {', '.join(columns)}: {len(train_index)} train, "
                            f"{len(test_index)} test")
     train_images = images[[position[i] for i in train_index]]
-    test_crops = center_crops(images[[position[i] for i in test_index]])
+    test_images = images[[position[i] for i in test_index]]
+    test_crops = center_crops(test_images)
     log.info("%s: %d train / %d test faces for %s", data.name, len(train_index), len(test_index), ", ".join(columns))
 
     base = load_model(config.base)
@@ -165,8 +168,8 @@ def train_regressor(
 
     regressor = make_regressor()
     if config.mode == "dense":
-        trained = _fit_dense(regressor, train_images, train_y, test_crops, test_y, run_dir, config, identity, state,
-                             progress, keep_checkpoints)
+        trained = _fit_dense(regressor, train_images, train_y, test_images, test_y, run_dir, config, identity, state,
+                             progress, keep_checkpoints, cache_dir)
     else:
         trained = _fit_full(make_regressor, train_images, train_y, test_crops, test_y, run_dir, config, identity,
                             state, progress, keep_checkpoints)
@@ -175,26 +178,18 @@ def train_regressor(
     return evaluate_run(regressor, data, run_dir, columns, train_y, test_index, test_crops, test_y)
 
 
-def _fit_dense(regressor, train_images, train_y, test_crops, test_y, run_dir, config, identity, state, progress,
-               keep) -> keras.Model:
-    # The frozen features are computed once: centre crops and their mirror images of the train half.
-    features = feature_model(regressor)
-    cache = run_dir / "features.npz"
-    if cache.exists():
-        with np.load(cache) as stored:
-            train_x, train_targets, test_x = stored["train_x"], stored["train_y"], stored["test_x"]
-    else:
-        crops = center_crops(train_images)
-        train_x = np.concatenate([features.predict(crops, batch_size=32, verbose=0),
-                                  features.predict(crops[:, :, ::-1], batch_size=32, verbose=0)])
-        train_targets = np.concatenate([train_y, train_y])
-        test_x = features.predict(test_crops, batch_size=32, verbose=0)
-        tmp = run_dir / ".features.partial.npz"
-        np.savez(tmp, train_x=train_x, train_y=train_targets, test_x=test_x)
-        os.replace(tmp, cache)
+def _fit_dense(regressor, train_images, train_y, test_images, test_y, run_dir, config, identity, state, progress,
+               keep, cache_dir) -> keras.Model:
+    # The frozen features are computed once (and cached across runs of the same base): centre crops of both
+    # halves, and the mirror images of the train half's crops as a second view for training.
+    center, mirrored = pool5_features(feature_model(regressor), np.concatenate([train_images, test_images]),
+                                      cache_dir, progress)
+    count = len(train_images)
+    train_x, test_x = np.concatenate([center[:count], mirrored[:count]]), center[count:]
+    train_targets = np.concatenate([train_y, train_y])
     if state is None:
         model = head_model(regressor)
-        _compile(model, config)
+        _compile(model, config, jit_compile=True)  # the small head trains about 1.6x faster under XLA
         initial_epoch, history = 0, []
     else:
         model = keras.models.load_model(run_dir / state["checkpoint"])

@@ -13,15 +13,17 @@ import argparse
 import math
 import os
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from psyattr.data.cache import decode_images
-from psyattr.data.pipeline import center_crops, train_dataset
+from psyattr.data.pipeline import train_dataset
 from psyattr.data.rated import read_omi
 from psyattr.data.splits import half_split
+from psyattr.features import pool5_features
 from psyattr.models import build_base_model
 from psyattr.models.loading import load_model
 from psyattr.models.precision import dtype_policy, resolve_precision
@@ -62,13 +64,12 @@ def main() -> None:
 
     regressor = make("dense")
     start = time.perf_counter()
-    crops = center_crops(images)
-    features = feature_model(regressor)
-    cached = np.concatenate([features.predict(crops, batch_size=32, verbose=0),
-                             features.predict(crops[:, :, ::-1], batch_size=32, verbose=0)])
+    with tempfile.TemporaryDirectory() as cache:  # a cold cache: the one-off cost is measured
+        center, mirrored = pool5_features(feature_model(regressor), images, cache)
+    cached = np.concatenate([center, mirrored])
     feature_seconds = time.perf_counter() - start
     head = head_model(regressor)
-    _compile(head, config)
+    _compile(head, config, jit_compile=True)  # as psyattr train compiles it
     dense_timer = EpochTimer()
     head.fit(cached, np.concatenate([targets, targets]), batch_size=32, epochs=args.epochs + 1, verbose=0,
              callbacks=[dense_timer.callback])
