@@ -383,14 +383,16 @@ def report(run_dir, title, check) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("psyattr_demo"), show_default=True)
 @click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
 @click.option("--occlusion-faces", type=click.IntRange(1), help="Occlude only the first N test faces [default: all].")
+@click.option("--quality-faces", type=click.IntRange(1), default=12, show_default=True,
+              help="Faces for the explanation-quality study.")
 @click.option("--serve/--no-serve", default=True, help="Export the model and ask it over gRPC.")
-def demo(data, out, epochs, occlusion_faces, serve) -> None:
+def demo(data, out, epochs, occlusion_faces, quality_faces, serve) -> None:
     """Run the main job end to end on OMI: fine-tune, evaluate, explain, occlude, compare, export, serve, report."""
     from psyattr.data.fetch import FetchError
     from psyattr.demo import run_demo
 
     try:
-        run_demo(out, data, epochs, occlusion_faces, serve=serve, echo=click.echo)
+        run_demo(out, data, epochs, occlusion_faces, quality_faces, serve=serve, echo=click.echo)
     except (FetchError, ValueError, FileNotFoundError) as err:
         fail(str(err))
 

@@ -121,7 +121,8 @@ def serve_and_ask(entry, faces, indices, out_dir: Path) -> dict[str, Any]:
     models_dir = out_dir / "saved_models"
     version = export_model(entry.model, models_dir, "psyattr_demo_age")
     images, _ = model_inputs([faces.paths[i] for i in indices])
-    server = ModelServer(models_dir, port=0).start()
+    # XLA stays on: the embedded server would otherwise switch it off for this whole process.
+    server = ModelServer(models_dir, port=0, xla_cpu_compilation_enabled=True).start()
     try:
         with ExplainerClient(server.address, "psyattr_demo_age", timeout=120) as client:
             served = client.explain(images, "happy")

@@ -156,3 +156,17 @@ def test_fused_activations_are_split_and_unknown_composites_refused(face_images)
     assert not np.allclose(logits.sum(axis=1), 1.0)  # pre-softmax values, not probabilities
     with pytest.raises(ValueError, match="unknown composite 'lrp_magic'"):
         get_composite("lrp_magic")
+
+
+def test_max_pool_ties_share_relevance_the_same_way_under_xla_and_eager():
+    inputs = keras.Input((4, 4, 1))
+    pooled = keras.layers.MaxPooling2D(2, 2, name="pool")(inputs)
+    flat = keras.layers.Flatten()(pooled)
+    model = keras.Model(inputs, keras.layers.Dense(1, name="out", kernel_initializer="ones")(flat))
+    image = np.array([[1, 1, 0, 2], [1, 1, 0, 0], [3, 0, 5, 5], [0, 0, 5, 5]], np.float32)[None, :, :, None]
+    results = [LRPExplainer(model, "epsilon", jit_compile=jit, epsilon=0.0)(image, 0) for jit in (True, False)]
+    np.testing.assert_allclose(results[0].relevance, results[1].relevance, rtol=1e-6)
+    relevance = results[1].relevance[0, :, :, 0]
+    # Each window's relevance (its max) goes to its winners, split equally between ties.
+    np.testing.assert_allclose(relevance, [[0.25, 0.25, 0, 2], [0.25, 0.25, 0, 0], [3, 0, 1.25, 1.25],
+                                           [0, 0, 1.25, 1.25]])

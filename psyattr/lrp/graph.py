@@ -52,11 +52,46 @@ def _classify(layer: keras.layers.Layer, is_start: bool) -> str | None:
         return None
     if checks.is_elementwise_pass(layer):
         return "elementwise"
+    if isinstance(layer, keras.layers.MaxPooling2D) and layer.data_format == "channels_last":
+        return "maxpool"
     if checks.is_gradient_pass(layer):
         return "gradient"
     if isinstance(layer, keras.layers.Add):
         return "add"
     return None
+
+
+def _pool_padding(size: int, pool: int, stride: int, padding: str) -> tuple[int, int, int]:
+    """(output size, padding before, padding after) of one spatial axis, as Keras pools."""
+    if padding == "valid":
+        return (size - pool) // stride + 1, 0, 0
+    out = -(-size // stride)
+    total = max((out - 1) * stride + pool - size, 0)
+    return out, total // 2, total - total // 2
+
+
+def max_pool_relevance(layer: keras.layers.MaxPooling2D, a: tf.Tensor, r_out: tf.Tensor) -> tf.Tensor:
+    """Winner-take-all: each window's relevance goes to its largest input, shared equally between tied winners.
+
+    Sharing ties makes the result the same on every backend (XLA and TensorFlow's own kernels pick
+    different winners among equal values, e.g. in saturated image regions).
+    """
+    (ph, pw), (sh, sw) = layer.pool_size, layer.strides
+    height, width = a.shape[1], a.shape[2]
+    out_h, top, bottom = _pool_padding(height, ph, sh, layer.padding)
+    out_w, left, right = _pool_padding(width, pw, sw, layer.padding)
+    lowest = tf.constant(a.dtype.min, a.dtype)
+    with tf.GradientTape() as tape:
+        padded = tf.pad(a, [[0, 0], [top, bottom], [left, right], [0, 0]], constant_values=lowest)
+        tape.watch(padded)
+        views = [padded[:, dy : dy + sh * (out_h - 1) + 1 : sh, dx : dx + sw * (out_w - 1) + 1 : sw, :]
+                 for dy in range(ph) for dx in range(pw)]
+        winners = tf.reduce_max(tf.stack(views), axis=0)
+        masks = [tf.cast(tf.equal(view, winners), a.dtype) for view in views]
+        share = r_out / tf.add_n(masks)
+        total = tf.add_n([tf.reduce_sum(view * tf.stop_gradient(mask * share)) for view, mask in zip(views, masks)])
+    r_padded = tape.gradient(total, padded)
+    return r_padded[:, top : top + height, left : left + width, :]
 
 
 class RelevanceGraph:
@@ -201,6 +236,8 @@ class RelevanceGraph:
                 r_in = [self.rules[layer.name](self._op(layer), inputs[0], pre_activations[layer.name], r_out)]
             elif node.kind == "elementwise":
                 r_in = [r_out]
+            elif node.kind == "maxpool":
+                r_in = [max_pool_relevance(layer, inputs[0], r_out)]
             elif node.kind == "gradient":
                 with tf.GradientTape() as tape:
                     tape.watch(inputs[0])
