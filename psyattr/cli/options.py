@@ -1,0 +1,77 @@
+"""Shared pieces of the command line: parameter types, data options and errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+TASK = click.Choice(["age", "gender"])
+
+
+class DataSpec(click.ParamType):
+    """A `format:PATH` dataset argument, e.g. `utkface:../data/utkface_part1`."""
+
+    name = "FORMAT:PATH"
+
+    def __init__(self, formats: tuple[str, ...]):
+        self.formats = formats
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        kind, sep, path = str(value).partition(":")
+        if not sep or kind not in self.formats:
+            self.fail(f"{value!r} is not FORMAT:PATH with FORMAT one of {', '.join(self.formats)}", param, ctx)
+        if not Path(path).exists():
+            self.fail(f"{kind} data folder not found: {path}", param, ctx)
+        return kind, Path(path)
+
+
+def fail(message: str) -> None:
+    """Stop the command with a one-line error."""
+    raise click.ClickException(message)
+
+
+class RatedDataSpec(click.ParamType):
+    """A rated data set as FORMAT:PATH: omi:FOLDER, 10k:FOLDER or csv:FILE."""
+
+    name = "FORMAT:PATH"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, dict):
+            return value
+        kind, sep, path = str(value).partition(":")
+        if not sep or kind not in ("omi", "10k", "csv"):
+            self.fail(f"{value!r} is not FORMAT:PATH with FORMAT one of omi, 10k, csv", param, ctx)
+        if not Path(path).exists():
+            self.fail(f"{kind} data not found: {path}", param, ctx)
+        return {"kind": kind, "path": str(Path(path).resolve())}
+
+
+def parse_scale(text: str | None) -> tuple[float, float] | None:
+    """'1,9' to (1.0, 9.0)."""
+    if text is None:
+        return None
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        fail(f"--scale must be LOW,HIGH (e.g. 1,9), got {text!r}")
+    return low, high
+
+
+def rated_options(command):
+    """The options that say where rated faces are."""
+    command = click.option("--image-column", help="Image-path column of a csv data set.")(command)
+    command = click.option("--scale", help="Rating scale LOW,HIGH of a csv data set, e.g. 1,9.")(command)
+    return click.option("--data", "data_spec", type=RatedDataSpec(), required=True,
+                        help="Rated faces: omi:FOLDER, 10k:FOLDER or csv:FILE.")(command)
+
+
+def load_rated(data_spec: dict, scale: str | None, image_column: str | None):
+    """Read the rated data set named on the command line."""
+    from psyattr.data.rated import read_rated
+
+    spec = {**data_spec, "scale": parse_scale(scale), "image_column": image_column}
+    return spec, read_rated(spec["kind"], spec["path"], spec["scale"], image_column)

@@ -1,0 +1,121 @@
+"""Commands that export, serve and query TF Serving models."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from psyattr.cli import cli
+from psyattr.cli.options import fail
+
+
+@cli.command("export")
+@click.argument("model_spec", metavar="MODEL")
+@click.option("--name", required=True, help="Served model name, e.g. psyattr_attractive.")
+@click.option("--version", "version", type=click.IntRange(1), help="Version number [default: latest + 1].")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("saved_models"),
+              show_default=True, help="Models folder: versions go to OUT/NAME/VERSION.")
+@click.option("--composite", default="alpha2beta1", show_default=True, help="LRP composite of the explain signatures.")
+def export_command(model_spec: str, name: str, version: int | None, out: Path, composite: str) -> None:
+    """Export MODEL (a run folder or .keras file) as a TF Serving version with predict and explain signatures."""
+    from psyattr.export import ExportError, export_model
+    from psyattr.lrp import COMPOSITES, LRPError
+
+    if composite not in COMPOSITES:
+        fail(f"unknown composite {composite!r}: expected one of {', '.join(sorted(COMPOSITES))}")
+    try:
+        path = export_model(model_spec, out, name, version, composite)
+    except (ExportError, LRPError, FileExistsError, FileNotFoundError, ValueError) as err:
+        fail(str(err))
+    click.echo(f"exported {name} version {path.name} to {path} (signatures serving_default, explain, explain_xla)")
+
+
+@cli.command()
+@click.option("--models", type=click.Path(file_okay=False, path_type=Path), default=Path("saved_models"),
+              show_default=True, help="Models folder: MODELS/NAME/VERSION.")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="TF Serving model config (model_config_list): names, version policies, labels.")
+@click.option("--batching-parameters", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="TF Serving batching parameters file [default: max 16 images, 2 ms timeout].")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every network).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8500, show_default=True, help="0 picks a free port.")
+@click.option("--poll-seconds", type=click.FloatRange(0.1), default=1.0, show_default=True,
+              help="How often version folders are checked for new versions.")
+@click.option("--max-message-mb", type=click.IntRange(1, 2047), default=64, show_default=True,
+              help="Largest request accepted.")
+@click.option("--xla-cpu-compilation-enabled", is_flag=True,
+              help="Allow the explain_xla signature (TF Serving's --xla_cpu_compilation_enabled=true).")
+@click.option("--grace-seconds", type=click.FloatRange(0), default=30.0, show_default=True,
+              help="On Ctrl-C or SIGTERM, how long requests in flight may take to finish.")
+def serve(models, config, batching_parameters, host, port, poll_seconds, max_message_mb,
+          xla_cpu_compilation_enabled, grace_seconds) -> None:
+    """Serve exported models over TF Serving's gRPC API until interrupted (Ctrl-C or SIGTERM)."""
+    import signal
+    import threading
+
+    from psyattr.serving import ModelServer, read_batching_parameters
+    from psyattr.serving.config import ConfigError
+
+    try:
+        batching = read_batching_parameters(batching_parameters) if batching_parameters else None
+        server = ModelServer(models, config, batching, host, port, poll_seconds, max_message_mb << 20,
+                             xla_cpu_compilation_enabled).start()
+    except (ConfigError, OSError) as err:
+        fail(str(err))
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    click.echo(f"serving {', '.join(server.models()) or 'no models yet'} on {server.address} "
+               "(gRPC: tensorflow.serving.PredictionService, ModelService)", nl=True)
+    sys.stdout.flush()
+    while not stop.wait(0.5):
+        pass
+    server.stop(grace_seconds)
+    click.echo("stopped")
+
+
+@cli.command()
+@click.option("--model", "model_spec", required=True,
+              help="With --server: the served model's name; else a .keras file, a run folder or a base net.")
+@click.option("--server", metavar="HOST:PORT", help="Ask a served model (psyattr serve or TF Serving).")
+@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=60.0, show_default=True,
+              help="Seconds per request to --server.")
+@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the scores as JSON here.")
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+def predict(model_spec, server, timeout, batch_size, out, images) -> None:
+    """Score IMAGES (files or folders): the model's named outputs per image, as JSON."""
+    from psyattr.checkpoints import atomic_write_text
+    from psyattr.data.images import list_images
+    from psyattr.serving.errors import ServingError
+    from psyattr.serving.files import predict_files
+
+    try:
+        paths = list_images(list(images))
+        if not paths:
+            fail(f"no images found in {', '.join(map(str, images))}")
+        if server:
+            from psyattr.serving import ExplainerClient
+
+            with ExplainerClient(server, model_spec, timeout, batch_size=batch_size) as client:
+                records, skipped = predict_files(client.predict, paths, batch_size)
+        else:
+            from psyattr.export import local_predictor
+            from psyattr.models.loading import load_model
+
+            records, skipped = predict_files(local_predictor(load_model(model_spec)), paths, batch_size)
+    except (ServingError, ValueError, FileNotFoundError) as err:
+        fail(str(err))
+    for path, why in skipped:
+        click.echo(f"skipped {path}: {why}", err=True)
+    if not records:
+        fail(f"none of the {len(paths)} images could be read")
+    if out:
+        atomic_write_text(out, json.dumps(records, indent=2))
+        click.echo(f"scored {len(records)} image(s) into {out}")
+    else:
+        for record in records:
+            click.echo(json.dumps(record))

@@ -1,0 +1,95 @@
+"""Commands that fine-tune base nets to ratings and score the results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from psyattr.cli import cli
+from psyattr.cli.options import RatedDataSpec, fail, load_rated, rated_options
+
+
+@cli.command()
+@click.option("--base", required=True, help="Base net: age or gender (shipped weights), age:PRESET, or a .keras file.")
+@click.option("--mode", type=click.Choice(["dense", "full"]), required=True,
+              help="dense: train fc6..fc8 on cached features; full: train the whole net.")
+@click.option("--attribute", "attributes", multiple=True, required=True,
+              help="Attribute to learn (repeat for several): a column, or attractive/happy/confident/intelligent.")
+@rated_options
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run folder.")
+@click.option("--epochs", type=click.IntRange(1), default=40, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--learning-rate", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the 50/50 split and training.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out after an interruption.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), envvar="PSYATTR_CACHE_DIR")
+@click.option("--progress/--no-progress", default=True)
+def train(base, mode, attributes, data_spec, scale, image_column, out, epochs, batch_size, learning_rate, seed, resume,
+          cache_dir, progress) -> None:
+    """Fine-tune a base net to human ratings (the paper's SGD, Nesterov momentum, 50/50 split)."""
+    from psyattr.checkpoints import ResumeError
+    from psyattr.train import TrainConfig, train_regressor
+
+    try:
+        spec, data = load_rated(data_spec, scale, image_column)
+        config = TrainConfig(base, mode, list(attributes), epochs=epochs, batch_size=batch_size,
+                             learning_rate=learning_rate, seed=seed)
+        metrics = train_regressor(data, out, config, spec, resume=resume, cache_dir=cache_dir, progress=progress)
+    except (ResumeError, ValueError, FileNotFoundError) as err:
+        fail(str(err))
+    for attribute in attributes:
+        note = data.note(attribute)
+        if note:
+            click.echo(f"note: {note}")
+    click.echo(json.dumps(metrics["attributes"], indent=2))
+    click.echo(f"model: {out / 'model.keras'}; per-epoch MAE: {out / 'history.csv'}")
+
+
+@cli.command()
+@rated_options
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Grid folder.")
+@click.option("--bases", default="age,gender", show_default=True, help="Comma-separated base nets.")
+@click.option("--modes", default="dense,full", show_default=True, help="Comma-separated modes.")
+@click.option("--attributes", default="attractive,happy,confident,intelligent", show_default=True)
+@click.option("--epochs-dense", type=click.IntRange(1), default=60, show_default=True)
+@click.option("--epochs-full", type=click.IntRange(1), default=30, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--table-only", is_flag=True, help="Only rewrite Table 1 and Fig. 3 from the finished runs.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), envvar="PSYATTR_CACHE_DIR")
+@click.option("--progress/--no-progress", default=True)
+def grid(data_spec, scale, image_column, out, bases, modes, attributes, epochs_dense, epochs_full, seed, table_only,
+         cache_dir, progress) -> None:
+    """Train the paper's 16 models (bases x modes x attributes), then write Table 1 and Fig. 3."""
+    from psyattr.grid import collect_runs, plot_fig3, run_grid, write_table1
+
+    try:
+        if not table_only:
+            spec, data = load_rated(data_spec, scale, image_column)
+            run_grid(data, out, spec, bases.split(","), modes.split(","), attributes.split(","),
+                     {"dense": epochs_dense, "full": epochs_full}, seed, cache_dir, progress)
+        runs = collect_runs(out)
+        md_path, csv_path = write_table1(runs, out)
+        fig_path = plot_fig3(runs, out / "fig3_learning_curves.png")
+    except (ValueError, FileNotFoundError) as err:
+        fail(str(err))
+    click.echo(md_path.read_text())
+    click.echo(f"Table 1: {md_path} and {csv_path}; Fig. 3: {fig_path}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--data", "data_spec", type=RatedDataSpec(), help="Rated faces, if not those the run was trained on.")
+@click.option("--scale", help="Rating scale LOW,HIGH of a csv data set.")
+@click.option("--image-column", help="Image-path column of a csv data set.")
+def evaluate(run_dir, data_spec, scale, image_column) -> None:
+    """Re-score the saved model of RUN_DIR on its test half."""
+    from psyattr.train import evaluate_saved_run
+
+    try:
+        data = load_rated(data_spec, scale, image_column)[1] if data_spec else None
+        metrics = evaluate_saved_run(run_dir, data)
+    except (ValueError, FileNotFoundError) as err:
+        fail(str(err))
+    click.echo(json.dumps(metrics["attributes"], indent=2))
