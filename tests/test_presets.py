@@ -89,7 +89,8 @@ def test_lrp_on_the_trained_nets(utkface_dir, task):
     # rounding of zero, so XLA's and TensorFlow's kernels disagree a little more than on the random nets.
     for fast, slow in zip(jit.relevance, eager.relevance):
         assert np.abs(fast - slow).max() <= 2e-4 * np.abs(slow).max()
-    # The face carries the relevance, not the border: the central half of the image holds most of it.
+    # The face carries more of the relevance than the border: the central quarter of the image (where the
+    # aligned faces are) holds clearly more than the quarter that evenly spread relevance would give it.
     heat = np.abs(jit.relevance.sum(-1))
     centre = heat[:, 57:170, 57:170].sum(axis=(1, 2)) / heat.sum(axis=(1, 2))
-    assert np.all(centre > 0.25)
+    assert centre.mean() > 0.3
