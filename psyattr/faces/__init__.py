@@ -1,5 +1,6 @@
 """Face landmarks, face-region masks in the model-input frame, occlusion, and relevance per region."""
 
+from psyattr.faces.alignment import OMI_TEMPLATE, align_face, aligned_model_input
 from psyattr.faces.detector import DetectorError, FaceBox, FaceMeshDetector, MeshResult, default_detector
 from psyattr.faces.figures import draw_regions
 from psyattr.faces.landmarks import (
@@ -23,7 +24,7 @@ from psyattr.faces.sources import (
 )
 
 __all__ = [
-    "MESH", "REGION_NAMES", "STASM", "DetectorError", "FaceBox", "FaceMeshDetector", "FaceRegions", "LandmarkError",
+    "OMI_TEMPLATE", "align_face", "aligned_model_input", "MESH", "REGION_NAMES", "STASM", "DetectorError", "FaceBox", "FaceMeshDetector", "FaceRegions", "LandmarkError",
     "Landmarks", "MeshResult", "build_regions", "default_detector", "detect_landmarks", "draw_regions",
     "load_omi_mesh", "load_original_rgb", "occlude", "polygon_mask", "read_stasm_landmarks", "region_shares",
     "regions_for_file", "regions_for_image", "regions_for_item", "relevance_spread", "skin_colour", "soft_alpha",

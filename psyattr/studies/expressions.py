@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 
 from psyattr.data.images import IMAGE_SUFFIXES, ImageError
-from psyattr.faces import regions_for_file
+from psyattr.faces.alignment import aligned_model_input
 from psyattr.faces.relevance import region_shares
 from psyattr.lrp.heatmap import heatmap, render, symmetric_scale
 from psyattr.plots import plt
-from psyattr.studies.common import StudyModel, model_inputs, write_summary
+from psyattr.studies.common import StudyModel, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -55,26 +55,25 @@ def expression_study(models: Sequence[StudyModel], folder: str | os.PathLike, ou
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pairs = find_expression_pairs(folder)
-    usable, skipped = [], []
+    usable, skipped, inputs = [], [], []
     for person, happy, sad in pairs:
+        # Each photo is aligned to the framing the models learned from (eyes and mouth where OMI has them).
         try:
-            regions = (regions_for_file(happy), regions_for_file(sad))
+            aligned = (aligned_model_input(happy), aligned_model_input(sad))
         except (ImageError, OSError) as err:
             skipped.append(f"{person} ({err})")
             continue
-        if None in regions:
+        if None in aligned:
             skipped.append(f"{person} (no face found)")
             continue
-        usable.append((person, happy, sad, regions))
+        usable.append((person, happy, sad, (aligned[0][1], aligned[1][1])))
+        inputs.append((aligned[0][0], aligned[1][0]))
     if skipped:
         log.warning("left out %d pair(s): %s", len(skipped), "; ".join(skipped))
     if not usable:
         raise ValueError(f"no usable happy/sad pair in {folder}")
-    paths = [p for _, happy, sad, _ in usable for p in (happy, sad)]
-    images, kept = model_inputs(paths)
-    if len(kept) != len(paths):
-        raise ValueError("some expression images could not be decoded")
-    happy_images, sad_images = images[0::2], images[1::2]
+    happy_images = np.stack([happy for happy, _ in inputs])
+    sad_images = np.stack([sad for _, sad in inputs])
     results: dict[str, Any] = {"attribute": attribute, "pairs": len(usable), "skipped": skipped, "models": {}}
     heat_by_model = {}
     table = ["| model | state | mean score | " + " | ".join(f"{r} share" for r in SHARE_REGIONS) + " |",
@@ -103,7 +102,8 @@ def expression_study(models: Sequence[StudyModel], folder: str | os.PathLike, ou
         out_dir, "The same person happy and sad",
         f"{len(usable)} people photographed happy and sad (same session and light, {Path(folder).name}); the "
         f"{attribute} score of each model and the share of positive relevance (LRP {composite}) in each face region. "
-        "Regions come from the face-mesh detector." + (f" Left out: {'; '.join(skipped)}." if skipped else ""),
+        "Each photo is aligned to OMI's framing (eyes and mouth where the training faces have them) and its regions come "
+        "from the face-mesh detector." + (f" Left out: {'; '.join(skipped)}." if skipped else ""),
         [(figure.name, f"Happy (left) and sad (right) faces of the same people with each model's {attribute} "
                        "heatmap, all on one colour scale; titles give the score.")],
         "\n".join(table), numbers=results)
