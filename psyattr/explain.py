@@ -29,12 +29,24 @@ def _unique_stems(paths: Sequence[Path]) -> list[str]:
     return stems
 
 
-def _batches(paths: Sequence[Path], size: int) -> Iterator[tuple[list[int], np.ndarray, list[tuple[Path, str]]]]:
+def _model_input(path: Path, align: bool) -> np.ndarray:
+    if not align:
+        return load_model_input(path)
+    from psyattr.faces.alignment import aligned_model_input
+
+    aligned = aligned_model_input(path)
+    if aligned is None:
+        raise ImageError(f"no face found in {path}: it cannot be aligned (leave out --align to use it as it is)")
+    return aligned[0]
+
+
+def _batches(paths: Sequence[Path], size: int, align: bool = False
+             ) -> Iterator[tuple[list[int], np.ndarray, list[tuple[Path, str]]]]:
     for start in range(0, len(paths), size):
         kept, images, failed = [], [], []
         for index in range(start, min(start + size, len(paths))):
             try:
-                images.append(load_model_input(paths[index]))
+                images.append(_model_input(paths[index], align))
                 kept.append(index)
             except (ImageError, FileNotFoundError, IsADirectoryError) as err:
                 failed.append((paths[index], str(err)))
@@ -57,15 +69,16 @@ def explain_files(
     target: Target = None,
     batch_size: int = 16,
     progress: bool = True,
+    align: bool = False,
 ) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Explain every image file; unreadable ones are skipped and returned with the reason."""
+    """Explain every image file (aligned to OMI's framing with `align`); unreadable ones are skipped with the reason."""
     paths = [Path(p) for p in paths]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stems = _unique_stems(paths)
     written, skipped = [], []
     with tqdm(total=len(paths), desc=f"explaining ({explainer.name})", unit="img", disable=not progress) as bar:
-        for kept, images, failed in _batches(paths, batch_size):
+        for kept, images, failed in _batches(paths, batch_size, align):
             for path, why in failed:
                 log.warning("skipped %s: %s", path, why)
             skipped.extend(failed)

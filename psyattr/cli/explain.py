@@ -25,9 +25,13 @@ from psyattr.cli.options import fail
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), default=60.0, show_default=True,
               help="Seconds per request to --server.")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--align", is_flag=True, help="Align each face to the framing of the OMI faces the attribute models "
+                                            "learned from (eyes and mouth found by the face-mesh detector).")
 @click.pass_context
-def explain(ctx, model_spec, target, composite, batch_size, jit, out, progress, images, server, timeout) -> None:
+def explain(ctx, model_spec, target, composite, batch_size, jit, out, progress, images, server, timeout, align) -> None:
     """Explain IMAGES (files or folders): a PNG heatmap, the relevance .npy and the scores .json per image."""
+    if server and align:
+        fail("--align aligns faces for local explanations; a served model takes the images as they are")
     if server:
         _explain_served(ctx, server, model_spec, target, batch_size, timeout, out, progress, images)
         return
@@ -46,7 +50,7 @@ def explain(ctx, model_spec, target, composite, batch_size, jit, out, progress, 
         parsed_target = int(target) if target is not None and target.isdigit() else target
         if parsed_target is not None:
             explainer.resolve_targets(parsed_target, 1)
-        written, skipped = explain_files(explainer, paths, out, parsed_target, batch_size, progress)
+        written, skipped = explain_files(explainer, paths, out, parsed_target, batch_size, progress, align)
     except (LRPError, ValueError, FileNotFoundError) as err:
         fail(str(err))
     for path, why in skipped:

@@ -24,7 +24,8 @@ from psyattr.faces.sources import (
 )
 
 __all__ = [
-    "OMI_TEMPLATE", "align_face", "aligned_model_input", "MESH", "REGION_NAMES", "STASM", "DetectorError", "FaceBox", "FaceMeshDetector", "FaceRegions", "LandmarkError",
+    "OMI_TEMPLATE", "align_face", "aligned_model_input",
+    "MESH", "REGION_NAMES", "STASM", "DetectorError", "FaceBox", "FaceMeshDetector", "FaceRegions", "LandmarkError",
     "Landmarks", "MeshResult", "build_regions", "default_detector", "detect_landmarks", "draw_regions",
     "load_omi_mesh", "load_original_rgb", "occlude", "polygon_mask", "read_stasm_landmarks", "region_shares",
     "regions_for_file", "regions_for_image", "regions_for_item", "relevance_spread", "skin_colour", "soft_alpha",
