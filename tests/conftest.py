@@ -14,7 +14,8 @@ DATA_ENV = "PSYATTR_DATA_DIR"
 def data_dir() -> Path | None:
     """The shared data folder, or None when $PSYATTR_DATA_DIR is unset or missing."""
     value = os.environ.get(DATA_ENV)
-    return Path(value) if value and Path(value).is_dir() else None
+    # Resolved, so that paths written into test files stay valid from any working folder.
+    return Path(value).resolve() if value and Path(value).is_dir() else None
 
 
 def require_data(subfolder: str) -> Path:
