@@ -43,7 +43,7 @@ def find_expressions(data_dir: str | os.PathLike | None) -> Path | None:
     return next((c for c in candidates if c.is_dir()), None)
 
 
-def run_demo(out_dir: str | os.PathLike, data: str | os.PathLike | None = None, epochs: int = 60,
+def run_demo(out_dir: str | os.PathLike, data: str | os.PathLike | None = None, epochs: int = 120,
              occlusion_faces: int | None = None, quality_faces: int = 12, serve: bool = True,
              echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Fine-tune, evaluate, explain, occlude, compare, export, serve, report: every result under `out_dir`."""

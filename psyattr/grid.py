@@ -13,7 +13,7 @@ from typing import Any
 
 from psyattr.checkpoints import atomic_write_text, read_state
 from psyattr.data.rated import PAPER_ATTRIBUTES, RatedFaces
-from psyattr.train import TrainConfig, train_regressor
+from psyattr.train import DEFAULT_EPOCHS, TrainConfig, train_regressor
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def run_grid(data: RatedFaces, out_dir: str | os.PathLike, data_spec: dict[str, 
     With `joint`, each (base, mode) gets one model scoring all attributes at once instead of one per attribute.
     """
     out_dir = Path(out_dir)
-    epochs = {"dense": 60, "full": 30, **(epochs or {})}
+    epochs = {**DEFAULT_EPOCHS, **(epochs or {})}
     for attribute in attributes:
         data.resolve(attribute)  # unknown attributes fail before any training starts
     runs = []

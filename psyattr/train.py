@@ -15,6 +15,7 @@ from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from psyattr.checkpoints import EpochCheckpoint, atomic_save_model, atomic_write_text, prepare_run_dir
 from psyattr.data.cache import decode_images
@@ -32,6 +33,10 @@ from psyattr.transfer_metrics import regression_scores
 log = logging.getLogger(__name__)
 
 
+# A dense-mode epoch on cached features costs about a twelfth of a full-mode one (scripts/bench_transfer.py).
+DEFAULT_EPOCHS = {"dense": 120, "full": 30}
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """A fine-tuning run: which base, which mode, which attributes, and the paper's optimiser settings."""
@@ -39,7 +44,7 @@ class TrainConfig:
     base: str
     mode: str
     attributes: list[str]
-    epochs: int = 40
+    epochs: int | None = None  # DEFAULT_EPOCHS of the mode
     batch_size: int = 32
     learning_rate: float = 1e-3
     momentum: float = 0.9
@@ -48,6 +53,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_mode(self.mode)
+        if self.epochs is None:
+            self.epochs = DEFAULT_EPOCHS[self.mode]
         if not self.attributes:
             raise ValueError("give at least one attribute")
         if self.epochs < 1 or self.batch_size < 1:
@@ -178,15 +185,23 @@ def train_regressor(
     return evaluate_run(regressor, data, run_dir, columns, train_y, test_index, test_crops, test_y)
 
 
+def feature_dataset(center: np.ndarray, mirrored: np.ndarray, targets: np.ndarray, batch: int, seed: int
+                    ) -> tf.data.Dataset:
+    """Shuffled batches of cached features: each face once per epoch, its mirror image's features half the time."""
+    data = tf.data.Dataset.from_tensor_slices((center, mirrored, targets))
+    data = data.shuffle(len(targets), seed=seed, reshuffle_each_iteration=True)
+    # Like the random mirroring of full-mode training, drawn per face and epoch.
+    pick = lambda c, m, y: (tf.where(tf.random.uniform(()) < 0.5, c, m), y)  # noqa: E731
+    return data.map(pick, num_parallel_calls=tf.data.AUTOTUNE).batch(batch).prefetch(tf.data.AUTOTUNE)
+
+
 def _fit_dense(regressor, train_images, train_y, test_images, test_y, run_dir, config, identity, state, progress,
                keep, cache_dir) -> keras.Model:
     # The frozen features are computed once (and cached across runs of the same base): centre crops of both
-    # halves, and the mirror images of the train half's crops as a second view for training.
+    # halves and the mirror images of the train half's crops.
     center, mirrored = pool5_features(feature_model(regressor), np.concatenate([train_images, test_images]),
                                       cache_dir, progress)
     count = len(train_images)
-    train_x, test_x = np.concatenate([center[:count], mirrored[:count]]), center[count:]
-    train_targets = np.concatenate([train_y, train_y])
     if state is None:
         model = head_model(regressor)
         _compile(model, config, jit_compile=True)  # the small head trains about 1.6x faster under XLA
@@ -194,12 +209,13 @@ def _fit_dense(regressor, train_images, train_y, test_images, test_y, run_dir, c
     else:
         model = keras.models.load_model(run_dir / state["checkpoint"])
         initial_epoch, history = int(state["epoch"]), state["history"]
-    evaluation = SplitMAE({"train": (train_x[: len(train_y)], train_y), "test": (test_x, test_y)}, config.batch_size,
+    evaluation = SplitMAE({"train": (center[:count], train_y), "test": (center[count:], test_y)}, config.batch_size,
                           identity["attributes"])
     callbacks = [evaluation, EpochCheckpoint(run_dir, identity, history, keep=keep)]
     if initial_epoch < config.epochs:
-        model.fit(train_x, train_targets, batch_size=config.batch_size, epochs=config.epochs,
-                  initial_epoch=initial_epoch, shuffle=True, callbacks=callbacks, verbose=1 if progress else 2)
+        model.fit(feature_dataset(center[:count], mirrored[:count], train_y, config.batch_size,
+                                  config.seed + initial_epoch),
+                  epochs=config.epochs, initial_epoch=initial_epoch, callbacks=callbacks, verbose=1 if progress else 2)
     return model
 
 

@@ -28,7 +28,7 @@ from psyattr.models import build_base_model
 from psyattr.models.loading import load_model
 from psyattr.models.precision import dtype_policy, resolve_precision
 from psyattr.models.regressor import build_attribute_regressor
-from psyattr.train import TrainConfig, _compile, feature_model, head_model
+from psyattr.train import TrainConfig, _compile, feature_dataset, feature_model, head_model
 
 
 class EpochTimer:
@@ -66,12 +66,11 @@ def main() -> None:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as cache:  # a cold cache: the one-off cost is measured
         center, mirrored = pool5_features(feature_model(regressor), images, cache)
-    cached = np.concatenate([center, mirrored])
     feature_seconds = time.perf_counter() - start
     head = head_model(regressor)
     _compile(head, config, jit_compile=True)  # as psyattr train compiles it
     dense_timer = EpochTimer()
-    head.fit(cached, np.concatenate([targets, targets]), batch_size=32, epochs=args.epochs + 1, verbose=0,
+    head.fit(feature_dataset(center, mirrored, targets, 32, 0), epochs=args.epochs + 1, verbose=0,
              callbacks=[dense_timer.callback])
 
     with dtype_policy(resolve_precision("auto")):
@@ -83,8 +82,8 @@ def main() -> None:
 
     dense = statistics.median(dense_timer.times[1:])
     full_epoch = statistics.median(full_timer.times[1:])
-    print(f"OMI train half: {len(images)} faces; dense epochs see {len(cached)} cached samples "
-          f"(centre crops and their mirror images), full epochs {len(images)} augmented images")
+    print(f"OMI train half: {len(images)} faces, each seen once per epoch: dense mode as cached features (mirrored "
+          "at random), full mode as images (random crops, mirrored at random)")
     print(f"cached features, computed once: {feature_seconds:.1f} s")
     print(f"dense-mode epoch (cached features): {dense:.2f} s")
     print(f"full-mode epoch (whole net, {resolve_precision('auto')}): {full_epoch:.2f} s")

@@ -154,7 +154,7 @@ def report(run_dir, title, check) -> None:
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path),
               help="OMI folder [default: $PSYATTR_DATA_DIR/omi, or the copy from `psyattr data fetch omi`].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("psyattr_demo"), show_default=True)
-@click.option("--epochs", type=click.IntRange(1), default=60, show_default=True,
+@click.option("--epochs", type=click.IntRange(1), default=120, show_default=True,
               help="Fine-tuning epochs (dense mode, cached features).")
 @click.option("--occlusion-faces", type=click.IntRange(1), help="Occlude only the first N test faces [default: all].")
 @click.option("--quality-faces", type=click.IntRange(1), default=12, show_default=True,

@@ -19,7 +19,7 @@ from psyattr.cli.options import RatedDataSpec, fail, load_rated, rated_options
               help="Attribute to learn (repeat for several): a column, or attractive/happy/confident/intelligent.")
 @rated_options
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run folder.")
-@click.option("--epochs", type=click.IntRange(1), default=40, show_default=True)
+@click.option("--epochs", type=click.IntRange(1), help="[default: 120 in dense mode, 30 in full mode]")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--learning-rate", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the 50/50 split and training.")
@@ -53,7 +53,7 @@ def train(base, mode, attributes, data_spec, scale, image_column, out, epochs, b
 @click.option("--bases", default="age,gender", show_default=True, help="Comma-separated base nets.")
 @click.option("--modes", default="dense,full", show_default=True, help="Comma-separated modes.")
 @click.option("--attributes", default="attractive,happy,confident,intelligent", show_default=True)
-@click.option("--epochs-dense", type=click.IntRange(1), default=60, show_default=True)
+@click.option("--epochs-dense", type=click.IntRange(1), default=120, show_default=True)
 @click.option("--epochs-full", type=click.IntRange(1), default=30, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--table-only", is_flag=True, help="Only rewrite Table 1 and Fig. 3 from the finished runs.")
