@@ -94,3 +94,16 @@ def test_lrp_on_the_trained_nets(utkface_dir, task):
     heat = np.abs(jit.relevance.sum(-1))
     centre = heat[:, 57:170, 57:170].sum(axis=(1, 2)) / heat.sum(axis=(1, 2))
     assert centre.mean() > 0.3
+
+
+def test_the_installed_package_carries_the_weights_and_the_face_models():
+    import importlib.metadata
+
+    files = {str(f) for f in importlib.metadata.files("psyattr") or []}
+    if not any(f.endswith(".py") and f.startswith("psyattr/") for f in files):
+        pytest.skip("psyattr is installed in editable mode: its files are the source tree's, not an installed copy")
+    for task in ("age", "gender"):
+        assert f"psyattr/models/presets/{task}_{PRESET}.npz" in files
+        assert f"psyattr/models/presets/{task}_{PRESET}.md" in files
+    assert "psyattr/models/presets/presets.json" in files
+    assert {"psyattr/faces/models/face_landmark.tflite", "psyattr/faces/models/face_detection_short_range.tflite"} <= files
