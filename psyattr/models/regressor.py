@@ -44,7 +44,9 @@ def build_attribute_regressor(
         raise ValueError(f"{base.name} is not a Levi-Hassner base net (no CaffePreprocess layer 'data')")
     inputs = keras.Input(INPUT_SHAPE, name="image")
     x = build_dense(build_features(inputs, preprocess.bgr_mean))
-    head = keras.layers.Dense(len(attributes), name="fc8", kernel_initializer=keras.initializers.RandomNormal(0, 0.01))
+    # A zero kernel makes the new head start as the predict-the-mean baseline (with `initial_scores`): fine-tuning
+    # then begins from the best constant guess instead of from large random errors pushed into the features.
+    head = keras.layers.Dense(len(attributes), name="fc8", kernel_initializer="zeros")
     scores = AttributeScores(list(attributes), [s[0] for s in scales], [s[1] for s in scales], name="scores")(head(x))
     model = keras.Model(inputs, scores, name=name or f"{base.name.removesuffix('_net')}_{'_'.join(attributes)}_{mode}")
     for layer in model.layers:
