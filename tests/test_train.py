@@ -88,7 +88,7 @@ def test_grid_writes_table1_and_learning_curves(tmp_path, small_rated, bases):
     result = CliRunner().invoke(cli, [
         "grid", "--data", f"csv:{small_rated}", "--scale", "0,100", "--out", str(out),
         "--bases", f"{bases['age']},{bases['gender']}", "--modes", "dense,full", "--attributes", "happy",
-        "--epochs-dense", "2", "--epochs-full", "1", "--cache-dir", str(tmp_path / "cache"), "--no-progress"])
+        "--epochs-dense", "2", "--epochs-full", "3", "--cache-dir", str(tmp_path / "cache"), "--no-progress"])
     assert result.exit_code == 0, result.output
     table = (out / "table1.md").read_text()
     assert table.count("| happy |") == 4
@@ -105,7 +105,7 @@ def test_grid_writes_table1_and_learning_curves(tmp_path, small_rated, bases):
 
     rerun = CliRunner().invoke(cli, ["grid", "--data", f"csv:{small_rated}", "--scale", "0,100", "--out", str(out),
                                      "--bases", f"{bases['age']},{bases['gender']}", "--attributes", "happy",
-                                     "--epochs-dense", "2", "--epochs-full", "1", "--no-progress"])
+                                     "--epochs-dense", "2", "--epochs-full", "3", "--no-progress"])
     assert rerun.exit_code == 0 and "| happy | age | dense |" in rerun.output  # finished runs are not retrained
 
 
