@@ -215,7 +215,8 @@ def _fit_dense(regressor, train_images, train_y, test_images, test_y, run_dir, c
     if initial_epoch < config.epochs:
         model.fit(feature_dataset(center[:count], mirrored[:count], train_y, config.batch_size,
                                   config.seed + initial_epoch),
-                  epochs=config.epochs, initial_epoch=initial_epoch, callbacks=callbacks, verbose=1 if progress else 2)
+                  epochs=config.epochs, initial_epoch=initial_epoch, callbacks=callbacks, shuffle=False,
+                  verbose=1 if progress else 2)
     return model
 
 
