@@ -76,7 +76,15 @@ def scaled_regressor(initial_score: float = 0.5) -> keras.Model:
             fan_in = int(np.prod(kernel.shape[:-1]))
             layer.set_weights([rng.normal(0, 1.2 / np.sqrt(fan_in), kernel.shape).astype("float32"),
                                rng.normal(0.1, 0.3, kernel.shape[-1]).astype("float32")])
-    return build_attribute_regressor(base, ["happy"], [(0, 100)], mode="dense", initial_scores=[initial_score])
+    regressor = build_attribute_regressor(base, ["happy"], [(0, 100)], mode="dense", initial_scores=[initial_score])
+    # The head starts with a zero kernel (the predict-the-mean baseline), which no method could explain:
+    # give it a random kernel whose scores spread by about 0.2 around the initial score.
+    features = keras.Model(regressor.inputs, regressor.get_layer("drop7").output)([blocky_images(4, seed=3)]).numpy()
+    kernel = rng.normal(0, 1, (features.shape[1], 1)).astype("float32")
+    kernel *= 0.2 / max(float((features @ kernel).std()), 1e-6)
+    bias = initial_score - (features @ kernel).mean(axis=0)
+    regressor.get_layer("fc8").set_weights([kernel, bias.astype("float32")])
+    return regressor
 
 
 @pytest.fixture(scope="module")
