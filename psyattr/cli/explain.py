@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from psyattr.cli import cli
-from psyattr.cli.options import fail
+from psyattr.cli.options import fail, report_skipped
 
 
 @cli.command()
@@ -53,10 +53,7 @@ def explain(ctx, model_spec, target, composite, batch_size, jit, out, progress, 
         written, skipped = explain_files(explainer, paths, out, parsed_target, batch_size, progress, align)
     except (LRPError, ValueError, FileNotFoundError) as err:
         fail(str(err))
-    for path, why in skipped:
-        click.echo(f"skipped {path}: {why}", err=True)
-    if not written:
-        fail(f"none of the {len(paths)} images could be read")
+    report_skipped(len(paths), len(written), skipped)
     click.echo(f"explained {len(written)} image(s) with {explainer.name} into {out}"
                + (f"; skipped {len(skipped)}" if skipped else ""))
 
@@ -79,9 +76,6 @@ def _explain_served(ctx, server, model_name, target, batch_size, timeout, out, p
             written, skipped = explain_files(client, paths, out, parsed_target, progress=progress)
     except (ServingError, FileNotFoundError) as err:
         fail(str(err))
-    for path, why in skipped:
-        click.echo(f"skipped {path}: {why}", err=True)
-    if not written:
-        fail(f"none of the {len(paths)} images could be read")
+    report_skipped(len(paths), len(written), skipped)
     click.echo(f"explained {len(written)} image(s) with {model_name} at {server} into {out}"
                + (f"; skipped {len(skipped)}" if skipped else ""))

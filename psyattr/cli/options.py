@@ -34,6 +34,14 @@ def fail(message: str) -> None:
     raise click.ClickException(message)
 
 
+def report_skipped(total: int, done: int, skipped: list[tuple[Path, str]]) -> None:
+    """Name each image a batch command skipped, and stop when none of the `total` went through."""
+    for path, why in skipped:
+        click.echo(f"skipped {path}: {why}", err=True)
+    if not done:
+        fail(f"none of the {total} images could be read")
+
+
 class RatedDataSpec(click.ParamType):
     """A rated data set as FORMAT:PATH: omi:FOLDER, 10k:FOLDER or csv:FILE."""
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from psyattr.cli import cli
-from psyattr.cli.options import fail
+from psyattr.cli.options import fail, report_skipped
 
 
 @cli.command("export")
@@ -109,10 +109,7 @@ def predict(model_spec, server, timeout, batch_size, out, images) -> None:
             records, skipped = predict_files(local_predictor(load_model(model_spec)), paths, batch_size)
     except (ServingError, ValueError, FileNotFoundError) as err:
         fail(str(err))
-    for path, why in skipped:
-        click.echo(f"skipped {path}: {why}", err=True)
-    if not records:
-        fail(f"none of the {len(paths)} images could be read")
+    report_skipped(len(paths), len(records), skipped)
     if out:
         atomic_write_text(out, json.dumps(records, indent=2))
         click.echo(f"scored {len(records)} image(s) into {out}")

@@ -183,28 +183,33 @@ class ZBox(Rule):
         return a * op.vjp(a, s) - low * op.vjp(a, s, w_pos) - high * op.vjp(a, s, w_neg)
 
 
-class Flat(Rule):
+class _InputBlind(Rule):
+    """Shares proportional to a function of the weights alone: the input's values are ignored."""
+
+    def __init__(self, stabilizer: float = DEFAULT_STABILIZER):
+        self.stabilizer = _check_nonnegative("stabilizer", stabilizer)
+
+    def shares(self, kernel: tf.Tensor) -> tf.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, op, a, z, r):
+        shares = self.shares(op.kernel)
+        s = r / stabilize(op(tf.ones_like(a), shares), self.stabilizer)
+        return op.vjp(a, s, shares)
+
+
+class Flat(_InputBlind):
     """LRP-flat: each input in a neuron's receptive field gets an equal share of its relevance."""
 
-    def __init__(self, stabilizer: float = DEFAULT_STABILIZER):
-        self.stabilizer = _check_nonnegative("stabilizer", stabilizer)
-
-    def __call__(self, op, a, z, r):
-        ones = tf.ones_like(op.kernel)
-        s = r / stabilize(op(tf.ones_like(a), ones), self.stabilizer)
-        return op.vjp(a, s, ones)
+    def shares(self, kernel: tf.Tensor) -> tf.Tensor:
+        return tf.ones_like(kernel)
 
 
-class WSquare(Rule):
+class WSquare(_InputBlind):
     """LRP-w^2: shares proportional to w_ij^2 / sum_i w_ij^2, whatever the input."""
 
-    def __init__(self, stabilizer: float = DEFAULT_STABILIZER):
-        self.stabilizer = _check_nonnegative("stabilizer", stabilizer)
-
-    def __call__(self, op, a, z, r):
-        squared = tf.square(op.kernel)
-        s = r / stabilize(op(tf.ones_like(a), squared), self.stabilizer)
-        return op.vjp(a, s, squared)
+    def shares(self, kernel: tf.Tensor) -> tf.Tensor:
+        return tf.square(kernel)
 
 
 class Gamma(Rule):
