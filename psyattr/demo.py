@@ -61,7 +61,7 @@ def run_demo(out_dir: str | os.PathLike, data: str | os.PathLike | None = None, 
     spec = {"kind": "omi", "path": str(Path(omi).resolve())}
     steps.run(f"fine-tuning the age- and gender-based models (dense mode, {epochs} epochs, four attributes)",
               lambda: run_grid(faces, grid_dir, spec, modes=("dense",), attributes=PAPER_ATTRIBUTES,
-                               epochs={"dense": epochs}, joint=True, progress=False))
+                               epochs={"dense": epochs}, joint=True))
     runs = collect_runs(grid_dir)
     table, _ = write_table1(runs, grid_dir)
     plot_fig3(runs, grid_dir / "fig3_learning_curves.png")

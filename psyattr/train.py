@@ -16,6 +16,7 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
+from tqdm.auto import tqdm
 
 from psyattr.checkpoints import EpochCheckpoint, atomic_save_model, atomic_write_text, prepare_run_dir
 from psyattr.data.cache import decode_images
@@ -121,6 +122,22 @@ class SplitMAE(keras.callbacks.Callback):
                     logs[f"{name}_mae_{column}"] = float(errors[:, k].mean())
 
 
+class EpochProgress(keras.callbacks.Callback):
+    """One progress bar over the epochs, showing the latest train and test MAE (dense epochs take a second)."""
+
+    def __init__(self, epochs: int, initial_epoch: int, description: str):
+        super().__init__()
+        self.bar = tqdm(total=epochs, initial=initial_epoch, desc=description, unit="epoch")
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        self.bar.set_postfix({k: f"{logs[k]:.4f}" for k in ("train_mae", "test_mae") if k in logs}, refresh=False)
+        self.bar.update(1)
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        self.bar.close()
+
+
 def _compile(model: keras.Model, config: TrainConfig, jit_compile: bool | str = "auto") -> None:
     model.compile(
         optimizer=keras.optimizers.SGD(config.learning_rate, momentum=config.momentum, nesterov=True),
@@ -212,11 +229,13 @@ def _fit_dense(regressor, train_images, train_y, test_images, test_y, run_dir, c
     evaluation = SplitMAE({"train": (center[:count], train_y), "test": (center[count:], test_y)}, config.batch_size,
                           identity["attributes"])
     callbacks = [evaluation, EpochCheckpoint(run_dir, identity, history, keep=keep)]
+    if progress:  # after the checkpoint, so that the bar never runs ahead of what is saved
+        callbacks.append(EpochProgress(config.epochs, initial_epoch, f"training {run_dir.name}"))
     if initial_epoch < config.epochs:
         model.fit(feature_dataset(center[:count], mirrored[:count], train_y, config.batch_size,
                                   config.seed + initial_epoch),
                   epochs=config.epochs, initial_epoch=initial_epoch, callbacks=callbacks, shuffle=False,
-                  verbose=1 if progress else 2)
+                  verbose=0 if progress else 2)
     return model
 
 

@@ -33,6 +33,19 @@ class StudyModel:
     mode: str
     source: Path
     _explainers: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+    _forward: Any = dataclasses.field(default=None, repr=False)
+
+    def scores(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """The model's [0, 1] outputs (N, attributes) for `images`, by one compiled forward pass per batch."""
+        if self._forward is None:
+            # One trace for every batch size: `model.predict` retraces for each new one, and studies send many.
+            import tensorflow as tf
+
+            self._forward = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True,
+                                        input_signature=[tf.TensorSpec((None, *self.model.input_shape[1:]))])
+        images = np.asarray(images, np.float32)
+        return np.concatenate([self._forward(images[i:i + batch_size]).numpy()
+                               for i in range(0, len(images), batch_size)])
 
     def explainer(self, composite: str = "alpha2beta1"):
         """The model's LRP explainer for `composite`, compiled once and shared by every study."""
@@ -58,7 +71,7 @@ class StudyModel:
     def rated_scores(self, images: np.ndarray, index: int) -> np.ndarray:
         """The model's scores of output `index` for `images`, on that attribute's rating scale."""
         low, high = self.rating_scale(index)
-        return low + np.asarray(self.model.predict(images, batch_size=32, verbose=0))[:, index] * (high - low)
+        return low + self.scores(images)[:, index] * (high - low)
 
     def rating_scale(self, index: int) -> tuple[float, float]:
         """The rating scale (low, high) of output `index`."""

@@ -21,7 +21,7 @@ def explain_with(models: Sequence[StudyModel], images: np.ndarray, attribute: st
         index = entry.attribute_index(attribute, data)
         explanation = entry.explainer(composite)(images, index)
         heats[entry.label] = heatmap(explanation.relevance)
-        scores[entry.label] = np.asarray(entry.model.predict(images, verbose=0))[:, index]
+        scores[entry.label] = entry.scores(images)[:, index]
     return heats, scores
 
 
