@@ -108,7 +108,22 @@ def test_base_comparison_gives_shares_spread_and_a_verdict(study_models, omi, ru
         assert 0 < model_result["spread"] <= 1
         assert all(0 <= v <= 1 for v in model_result["shares"].values())
         assert model_result["shares"]["face"] >= model_result["shares"]["mouth"]
+        assert model_result["mae_faces"] == results["faces"]  # no run metrics: the faces explained here
     assert "predicts the test ratings best" in results["verdict"]
+
+    # With its run's metrics, each model is judged on its whole test half, as in Table 1.
+    recorded = {0: 0.30, 1: 0.10}
+    for k, entry in enumerate(study_models):
+        (entry.source / "metrics.json").write_text(json.dumps(
+            {"attributes": {"happy": {"mae": recorded[k], "count": 502}}}))
+    try:
+        results = comparison_study(study_models, omi, "happy", held_out_faces(omi, limit=6), run_dir / "comparison")
+    finally:
+        for entry in study_models:
+            (entry.source / "metrics.json").unlink()
+    assert [m["mae"] for m in results["models"].values()] == pytest.approx([30.0, 10.0])
+    assert results["verdict"].startswith("The gender-based, dense model predicts the test ratings best "
+                                         "(MAE 10.00 vs 30.00 on 0..100, 502 test faces)")
 
 
 @pytest.mark.slow

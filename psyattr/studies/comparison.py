@@ -122,7 +122,9 @@ def verdict(results: dict[str, Any], scale: tuple[float, float]) -> str:
     text += ", a small difference)" if gap < 0.01 * (scale[1] - scale[0]) else ")"
     if fastest:
         text += f"; the {fastest} model learns fastest ({speeds[fastest]} epochs to 90% of its gain)"
-    text += f"; the {spread} model spreads its relevance over more of the face."
+    runner_up = max(m["spread"] for label, m in models.items() if label != spread)
+    text += (f"; the {spread} model spreads its relevance most widely (half of it on {models[spread]['spread']:.1%} "
+             f"of the pixels vs {runner_up:.1%}).")
     return text[0].upper() + text[1:]
 
 
