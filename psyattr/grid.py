@@ -128,37 +128,47 @@ def write_table1(runs: list[dict[str, Any]], out_dir: str | os.PathLike) -> tupl
     return md_path, csv_path
 
 
-def plot_fig3(runs: list[dict[str, Any]], path: str | os.PathLike) -> Path:
-    """Fig. 3: per attribute, the train (solid) and test (dashed) MAE per epoch of the four configurations."""
-    from psyattr.plots import plt
-
+def fig3_panels(runs: list[dict[str, Any]]) -> dict[str, list[tuple[str, list[int], list[float], list[float]]]]:
+    """Fig. 3's content: per attribute panel title, each run's (label, epochs, train MAE, test MAE) on 1..9."""
     by_attribute: dict[str, list[dict[str, Any]]] = {}
     for run in runs:
         for requested in run["config"]["attributes"]:
             by_attribute.setdefault(requested, []).append(run)
-    names = sorted(by_attribute, key=lambda a: (PAPER_ATTRIBUTES.index(a) if a in PAPER_ATTRIBUTES else 99, a))
-    cols = min(2, len(names))
-    rows = -(-len(names) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 3.8 * rows), squeeze=False)
-    colours = {("age", "dense"): "tab:blue", ("age", "full"): "tab:cyan", ("gender", "dense"): "tab:red",
-               ("gender", "full"): "tab:orange"}
-    for ax, attribute in zip(axes.ravel(), names):
-        span = 8.0  # MAE on the paper's 1..9 scale
+    panels: dict[str, list[tuple[str, list[int], list[float], list[float]]]] = {}
+    span = 8.0  # MAE on the paper's 1..9 scale
+    order = sorted(by_attribute, key=lambda a: (PAPER_ATTRIBUTES.index(a) if a in PAPER_ATTRIBUTES else 99, a))
+    for attribute in order:
+        curves = []
         for run in sorted(by_attribute[attribute], key=lambda r: (r["config"]["base"], r["config"]["mode"])):
-            base, mode = _base_label(run["config"]["base"]), run["config"]["mode"]
-            # A model of several attributes logs each one's error apart.
+            # A model of several attributes logs each one's error apart, under its data column's name.
             column = run["config"]["columns"][run["config"]["attributes"].index(attribute)]
             suffix = f"_{column}" if len(run["config"]["columns"]) > 1 else ""
             history = [h for h in run["history"] if f"train_mae{suffix}" in h]
-            if not history:
-                continue
-            epochs = [h["epoch"] for h in history]
-            colour = colours.get((base, mode))
-            ax.plot(epochs, [h[f"train_mae{suffix}"] * span for h in history], color=colour,
-                    label=f"{base}-based, {mode}")
-            ax.plot(epochs, [h[f"test_mae{suffix}"] * span for h in history], color=colour, linestyle="--", alpha=0.7)
-        column = by_attribute[attribute][0]["config"]["columns"][0]
-        ax.set_title(attribute if attribute == column else f"{attribute} ({column} stands in)", fontsize=10)
+            if history:
+                curves.append((f"{_base_label(run['config']['base'])}-based, {run['config']['mode']}",
+                               [h["epoch"] for h in history], [h[f"train_mae{suffix}"] * span for h in history],
+                               [h[f"test_mae{suffix}"] * span for h in history]))
+        panels[attribute if attribute == column else f"{attribute} ({column} stands in)"] = curves
+    return panels
+
+
+def plot_fig3(runs: list[dict[str, Any]], path: str | os.PathLike) -> Path:
+    """Fig. 3: per attribute, the train (solid) and test (dashed) MAE per epoch of the four configurations."""
+    from psyattr.plots import plt
+
+    panels = fig3_panels(runs)
+    names = list(panels)
+    cols = min(2, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 3.8 * rows), squeeze=False)
+    colours = {"age-based, dense": "tab:blue", "age-based, full": "tab:cyan", "gender-based, dense": "tab:red",
+               "gender-based, full": "tab:orange"}
+    for ax, title in zip(axes.ravel(), names):
+        for label, epochs, train, test in panels[title]:
+            colour = colours.get(label)
+            ax.plot(epochs, train, color=colour, label=label)
+            ax.plot(epochs, test, color=colour, linestyle="--", alpha=0.7)
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
         ax.set_ylabel("MAE on the 1..9 scale")
         ax.grid(alpha=0.3)

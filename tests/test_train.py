@@ -115,3 +115,26 @@ def test_unknown_attribute_stops_before_training_and_lists_the_columns(tmp_path,
     assert result.exit_code != 0
     assert "has no attribute 'sleepy'; it has: happy, attractive" in result.output
     assert not (tmp_path / "run" / "state.json").exists()
+
+
+def test_fig3_names_each_attributes_own_stand_in_for_joint_and_single_runs():
+    from psyattr.grid import fig3_panels
+
+    def history(columns, train, test):
+        suffixes = [f"_{c}" for c in columns] if len(columns) > 1 else [""]
+        return [{"epoch": e + 1, **{f"train_mae{s}": train + k / 100 - e / 100 for k, s in enumerate(suffixes)},
+                 **{f"test_mae{s}": test + k / 100 for k, s in enumerate(suffixes)}} for e in range(3)]
+
+    paper, columns = ["attractive", "happy", "confident", "intelligent"], ["attractive", "happy", "dominant", "smart"]
+    joint = {"config": {"base": "age", "mode": "dense", "attributes": paper, "columns": columns},
+             "history": history(columns, 0.10, 0.20)}
+    single = {"config": {"base": "gender", "mode": "full", "attributes": ["confident"], "columns": ["dominant"]},
+              "history": history(["dominant"], 0.30, 0.40)}
+    panels = fig3_panels([single, joint])
+    assert list(panels) == ["attractive", "happy", "confident (dominant stands in)", "intelligent (smart stands in)"]
+    confident = dict((label, (train, test)) for label, _, train, test in panels["confident (dominant stands in)"])
+    assert list(confident) == ["age-based, dense", "gender-based, full"]
+    # The joint run's third column is 'dominant': its curve, on the 1..9 scale.
+    assert confident["age-based, dense"][0] == pytest.approx([8 * (0.12 - e / 100) for e in range(3)])
+    assert confident["gender-based, full"][1] == pytest.approx([8 * 0.40] * 3)
+    assert [label for label, *_ in panels["happy"]] == ["age-based, dense"]
