@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -142,7 +143,12 @@ def check_in_browser(report: Path, screenshot: Path, echo: Callable[[str], None]
     if find_chromium() is None:
         echo("Chromium not installed: the report was not opened in a browser (Debian: apt-get install chromium)")
         return None
-    return check_report(report, screenshot)
+    try:
+        return check_report(report, screenshot)
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as err:
+        # The report is written; a browser that fails must not cost the user the demo's closing summary.
+        echo(f"the report is written, but Chromium could not open it: {err}")
+        return None
 
 
 def summarise(outputs: dict[str, Any], out_dir: Path, seconds: float) -> str:
@@ -174,7 +180,8 @@ def summarise(outputs: dict[str, Any], out_dir: Path, seconds: float) -> str:
                      f"in-process by {serving['max_relative_heatmap_difference']:.1e} (relative)")
     browser = outputs.get("browser")
     if browser:
-        lines.append(f"  browser check: {len(browser['sections'])} sections rendered, {browser['images']} images, "
+        lines.append(f"  browser check: {len(browser['shown_sections'])} of {len(browser['sections'])} sections "
+                     f"rendered with their results, {browser['images']} images, "
                      f"{browser['broken_images']} broken; screenshot {browser['screenshot']}")
     return "\n".join(lines)
 

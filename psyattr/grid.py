@@ -46,6 +46,9 @@ def run_grid(data: RatedFaces, out_dir: str | os.PathLike, data_spec: dict[str, 
                 run_dir = out_dir / run_name(base, mode, "joint" if joint else group[0])
                 runs.append(run_dir)
                 state = read_state(run_dir)
+                if state and state["identity"].get("seed", seed) != seed:
+                    raise ValueError(f"{run_dir} holds a run with seed {state['identity']['seed']}, not {seed}: "
+                                     "give another --out, or the same --seed to finish that grid")
                 if state and state["epoch"] >= epochs[mode] and (run_dir / "metrics.json").exists():
                     log.info("%s is complete, skipped", run_dir.name)
                     continue
@@ -165,9 +168,8 @@ def plot_fig3(runs: list[dict[str, Any]], path: str | os.PathLike) -> Path:
                "gender-based, full": "tab:orange"}
     for ax, title in zip(axes.ravel(), names):
         for label, epochs, train, test in panels[title]:
-            colour = colours.get(label)
-            ax.plot(epochs, train, color=colour, label=label)
-            ax.plot(epochs, test, color=colour, linestyle="--", alpha=0.7)
+            (line,) = ax.plot(epochs, train, color=colours.get(label), label=label)
+            ax.plot(epochs, test, color=line.get_color(), linestyle="--", alpha=0.7)  # paired with its train curve
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
         ax.set_ylabel("MAE on the 1..9 scale")

@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -160,7 +161,8 @@ def train_regressor(
     """Fine-tune `config.base` to `config.attributes` of `data` in `run_dir`; return the test metrics."""
     run_dir = Path(run_dir)
     columns = [data.resolve(a) for a in config.attributes]
-    identity = {"kind": "train", "base": config.base, "mode": config.mode, "attributes": columns}
+    # The seed fixes the 50/50 split: resuming under another would turn training faces into test faces.
+    identity = {"kind": "train", "base": config.base, "mode": config.mode, "attributes": columns, "seed": config.seed}
     state = prepare_run_dir(run_dir, identity, resume)
     notes = [n for n in (data.note(a) for a in config.attributes) if n]
     if state is None:
@@ -260,28 +262,34 @@ def _fit_full(make_regressor, train_images, train_y, test_crops, test_y, run_dir
     return model
 
 
-def evaluate_run(model: keras.Model, data: RatedFaces, run_dir: Path, columns: Sequence[str], train_y: np.ndarray,
+def evaluate_run(model: keras.Model, data: RatedFaces, out_dir: Path, columns: Sequence[str], train_y: np.ndarray,
                  test_index: np.ndarray, test_crops: np.ndarray, test_y: np.ndarray) -> dict[str, Any]:
-    """Score the test half per attribute; write metrics.json and predictions.csv."""
+    """Score the test half per attribute; write metrics.json and predictions.csv into `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     predicted = np.asarray(model.predict(test_crops, batch_size=32, verbose=0), np.float32)
     metrics: dict[str, Any] = {"dataset": data.name, "scale": list(data.scale), "test_count": int(len(test_y)),
                                "attributes": {}}
     for k, column in enumerate(columns):
         metrics["attributes"][column] = regression_scores(test_y[:, k], predicted[:, k], float(train_y[:, k].mean()),
                                                           data.scale)
-    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["id", *(f"{c}_true" for c in columns), *(f"{c}_predicted" for c in columns)])
     for row, index in enumerate(test_index):
         writer.writerow([data.ids[index], *data.to_scale(test_y[row]).round(4), *data.to_scale(predicted[row]).round(4)])
-    atomic_write_text(run_dir / "predictions.csv", buffer.getvalue())
+    atomic_write_text(out_dir / "predictions.csv", buffer.getvalue())
+    metrics["written_to"] = str(out_dir)
     return metrics
 
 
 def evaluate_saved_run(run_dir: str | os.PathLike, data: RatedFaces | None = None,
                        cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Re-score a run's saved model on its test half (the data from its config unless given)."""
+    """Re-score a run's saved model on its test half (the data from its config unless given).
+
+    Scores on the run's own data replace its metrics.json and predictions.csv; scores on other data go to
+    `evaluations/<data name>/` in the run, so that the run's own results (and Table 1) are never overwritten.
+    """
     from psyattr.data.rated import read_rated
 
     run_dir = Path(run_dir)
@@ -290,6 +298,7 @@ def evaluate_saved_run(run_dir: str | os.PathLike, data: RatedFaces | None = Non
     if missing:
         raise FileNotFoundError(f"{run_dir} is not a finished training run: {', '.join(missing)} missing")
     config = json.loads(config_file.read_text())
+    out_dir = run_dir if data is None else run_dir / "evaluations" / _folder_name(data.name)
     if data is None:
         spec = config["data"]
         if "kind" not in spec:
@@ -303,8 +312,17 @@ def evaluate_saved_run(run_dir: str | os.PathLike, data: RatedFaces | None = Non
     splits = split_halves(data, config["seed"])
     _, train_y = _valid_targets(data, columns, splits["train"])
     test_index, test_y = _valid_targets(data, columns, splits["test"])
+    if len(test_index) == 0 or len(train_y) == 0:
+        raise RatingsError(f"{data.name} has no valid ratings of {', '.join(columns)} in the test half (seed "
+                           f"{config['seed']}): nothing to evaluate {run_dir} on")
     images, kept = decode_images([data.paths[i] for i in test_index], 256, cache_dir, progress=False)
-    return evaluate_run(model, data, run_dir, columns, train_y, test_index[kept], center_crops(images), test_y[kept])
+    if len(kept) == 0:
+        raise RatingsError(f"none of the {len(test_index)} test images of {data.name} could be read")
+    return evaluate_run(model, data, out_dir, columns, train_y, test_index[kept], center_crops(images), test_y[kept])
+
+
+def _folder_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "data"
 
 
 def regressor_columns(model: keras.Model) -> list[str]:

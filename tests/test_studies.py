@@ -9,7 +9,7 @@ import pytest
 
 from psyattr.data.rated import read_omi
 from psyattr.models.regressor import build_attribute_regressor
-from psyattr.studies.common import load_study_model, held_out_faces
+from psyattr.studies.common import held_out_faces, load_study_model, load_study_models
 from psyattr.studies.report import SECTIONS, find_chromium, write_report
 
 ATTRIBUTES = ["happy", "attractive"]
@@ -54,6 +54,24 @@ def run_dir(tmp_path_factory):
 def test_models_are_labelled_from_their_run(study_models):
     assert [m.label for m in study_models] == ["age-based, dense", "gender-based, dense"]
     assert study_models[0].attributes == ATTRIBUTES
+
+
+def test_same_labelled_models_are_told_apart_and_paper_names_map_to_the_runs_columns(study_models, tmp_path):
+    import shutil
+
+    original = study_models[0].source
+    other = tmp_path / "age_seed1"
+    shutil.copytree(original, other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "attributes": ["cheerful", "attractive"],
+                                                   "columns": ATTRIBUTES}))
+    models = load_study_models([original, other])
+    assert [m.label for m in models] == [f"age-based, dense ({original.name})", "age-based, dense (age_seed1)"]
+    assert models[1].attribute_index("cheerful") == 0 and models[1].attribute_index("happy") == 0
+    with pytest.raises(ValueError, match="scores happy, attractive, not 'smiling'"):
+        models[1].attribute_index("smiling")
+    with pytest.raises(ValueError, match="the same model was given twice"):
+        load_study_models([original, original])
 
 
 @pytest.mark.slow
@@ -151,6 +169,7 @@ def test_quality_and_heatmaps_then_the_report_renders_in_a_browser(study_models,
     result = check_report(report, run_dir / "shot.png", height=4000)
     assert result["sections"] == [section for section, *_ in SECTIONS]
     assert set(result["missing_sections"]) == set(missing)
+    assert result["shown_sections"] == [section for section, *_ in SECTIONS if section not in missing]
     assert result["images"] >= 3 and result["broken_images"] == 0
     assert result["inked_rows"] > 500
 

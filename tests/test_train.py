@@ -75,11 +75,25 @@ def test_dense_mode_trains_only_the_dense_layers_and_resumes(tmp_path, small_rat
     assert resumed.exit_code == 0, resumed.output
     assert [h["epoch"] for h in json.loads((run / "state.json").read_text())["history"]] == [1, 2, 3]
 
+    other_seed = train([*common, "--epochs", "4", "--resume", "--seed", "1"])
+    assert other_seed.exit_code != 0 and "seed" in other_seed.output  # another split would leak training faces
+
+    saved_text = (run / "metrics.json").read_text()
+    saved = json.loads(saved_text)["attributes"]["happy"]
     evaluated = CliRunner().invoke(cli, ["evaluate", str(run)])
     assert evaluated.exit_code == 0, evaluated.output
-    rescored = json.loads(evaluated.output)["happy"]
-    saved = json.loads((run / "metrics.json").read_text())["attributes"]["happy"]
+    rescored = json.loads(evaluated.stdout)["happy"]
     assert rescored["mae"] == pytest.approx(saved["mae"], rel=1e-5)
+    assert rescored["count"] == saved["count"] == 20
+
+    # Scores on other data go beside the run's own results, which stay as they were.
+    elsewhere = CliRunner().invoke(cli, ["evaluate", str(run), "--data", f"csv:{small_rated}", "--scale", "0,100"])
+    assert elsewhere.exit_code == 0, elsewhere.output
+    assert (run / "metrics.json").read_text() == saved_text
+    written = json.loads(next((run / "evaluations").glob("*/metrics.json")).read_text())["attributes"]["happy"]
+    assert written["mae"] == pytest.approx(saved["mae"], rel=1e-5)
+    nothing_valid = CliRunner().invoke(cli, ["evaluate", str(run), "--data", f"csv:{small_rated}", "--scale", "0,10"])
+    assert nothing_valid.exit_code == 1 and "no valid ratings of happy in the test half" in nothing_valid.output
 
 
 @pytest.mark.slow
@@ -103,10 +117,16 @@ def test_grid_writes_table1_and_learning_curves(tmp_path, small_rated, bases):
     base = keras.models.load_model(bases["age"])
     assert not np.array_equal(full.get_layer("conv1").get_weights()[0], base.get_layer("conv1").get_weights()[0])
 
-    rerun = CliRunner().invoke(cli, ["grid", "--data", f"csv:{small_rated}", "--scale", "0,100", "--out", str(out),
-                                     "--bases", f"{bases['age']},{bases['gender']}", "--attributes", "happy",
-                                     "--epochs-dense", "2", "--epochs-full", "3", "--no-progress"])
-    assert rerun.exit_code == 0 and "| happy | age | dense |" in rerun.output  # finished runs are not retrained
+    saved = {p: p.stat().st_mtime_ns for p in out.glob("*/model.keras")}
+    assert len(saved) == 4
+    again = ["grid", "--data", f"csv:{small_rated}", "--scale", "0,100", "--out", str(out), "--bases",
+             f"{bases['age']},{bases['gender']}", "--attributes", "happy", "--epochs-dense", "2", "--epochs-full", "3",
+             "--no-progress"]
+    rerun = CliRunner().invoke(cli, again)
+    assert rerun.exit_code == 0 and "| happy | age | dense |" in rerun.output
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/model.keras")} == saved  # finished runs are not retrained
+    other_seed = CliRunner().invoke(cli, [*again, "--seed", "1"])
+    assert other_seed.exit_code != 0 and "seed 0, not 1" in other_seed.output
 
 
 def test_unknown_attribute_stops_before_training_and_lists_the_columns(tmp_path, small_rated, bases):

@@ -13,7 +13,7 @@ from psyattr.cli.options import CONTEXT, fail
 
 @click.group(context_settings=CONTEXT)
 @click.version_option(__version__, "--version", prog_name="psyattr")
-@click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
+@click.option("-v", "--verbose", is_flag=True, help="Also log the details of the libraries underneath (TensorFlow, gRPC).")
 def cli(verbose: bool) -> None:
     """Predict how people judge a face and explain each prediction with a heatmap."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

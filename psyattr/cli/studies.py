@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import click
@@ -28,10 +29,10 @@ def study_options(command):
 
 
 def _study_inputs(model_specs, data_spec, scale, image_column, seed, limit):
-    from psyattr.studies.common import held_out_faces, load_study_model
+    from psyattr.studies.common import held_out_faces, load_study_models
 
     _, data = load_rated(data_spec, scale, image_column)
-    models = [load_study_model(spec) for spec in model_specs]
+    models = load_study_models(model_specs)
     return models, data, held_out_faces(data, seed, limit)
 
 
@@ -77,11 +78,11 @@ def study_occlusion(model_specs, data_spec, scale, image_column, attribute, out,
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 def study_expressions(model_specs, folder, attribute, composite, out) -> None:
     """The same people happy and sad: scores, heatmaps and relevance share per face region."""
-    from psyattr.studies.common import load_study_model
+    from psyattr.studies.common import load_study_models
     from psyattr.studies.expressions import expression_study
 
     try:
-        results = expression_study([load_study_model(s) for s in model_specs], folder, out, attribute, composite)
+        results = expression_study(load_study_models(model_specs), folder, out, attribute, composite)
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
     for label, result in results["models"].items():
@@ -120,8 +121,12 @@ def study_quality(model_specs, data_spec, scale, image_column, attribute, out, s
     """Region perturbation and AOPC of every explanation method (higher is more faithful)."""
     from psyattr.studies.faithfulness import faithfulness_study
 
+    if len(model_specs) > 1:
+        fail("study quality measures one model at a time: run it once per --model")
+    if composite != "alpha2beta1":
+        fail("--composite does not apply to study quality, which compares every composite: choose with --methods")
     try:
-        models, data, test = _study_inputs(model_specs[:1], data_spec, scale, image_column, seed, limit or 16)
+        models, data, test = _study_inputs(model_specs, data_spec, scale, image_column, seed, limit or 16)
         numbers = faithfulness_study(models[0], data, attribute, test, out, methods.split(",") if methods else None,
                                      steps, patch, seed, progress=click.echo)
     except (ValueError, FileNotFoundError) as err:
@@ -145,8 +150,12 @@ def report(run_dir, title, check) -> None:
     if check and find_chromium():
         from psyattr.studies.browser import check_report
 
-        result = check_report(path, run_dir / "report_screenshot.png")
-        click.echo(f"rendered in Chromium: {len(result['sections'])} sections, {result['images']} images "
+        try:
+            result = check_report(path, run_dir / "report_screenshot.png")
+        except (RuntimeError, OSError, subprocess.TimeoutExpired) as err:
+            fail(f"{path} is written, but Chromium could not open it ({err}); --no-check skips the browser")
+        click.echo(f"rendered in Chromium: {len(result['shown_sections'])} of {len(result['sections'])} sections with "
+                   f"their results, {result['images']} images "
                    f"({result['broken_images']} broken); screenshot {result['screenshot']}")
 
 
@@ -162,10 +171,11 @@ def report(run_dir, title, check) -> None:
 @click.option("--serve/--no-serve", default=True, help="Export the model and ask it over gRPC.")
 def demo(data, out, epochs, occlusion_faces, quality_faces, serve) -> None:
     """Run the main job end to end on OMI: fine-tune, evaluate, explain, occlude, compare, export, serve, report."""
+    from psyattr.checkpoints import ResumeError
     from psyattr.data.fetch import FetchError
     from psyattr.demo import run_demo
 
     try:
         run_demo(out, data, epochs, occlusion_faces, quality_faces, serve=serve, echo=click.echo)
-    except (FetchError, ValueError, FileNotFoundError) as err:
+    except (FetchError, ResumeError, ValueError, FileNotFoundError) as err:
         fail(str(err))

@@ -62,6 +62,7 @@ def train(base, mode, attributes, data_spec, scale, image_column, out, epochs, b
 def grid(data_spec, scale, image_column, out, bases, modes, attributes, epochs_dense, epochs_full, seed, table_only,
          cache_dir, progress) -> None:
     """Train the paper's 16 models (bases x modes x attributes), then write Table 1 and Fig. 3."""
+    from psyattr.checkpoints import ResumeError
     from psyattr.grid import collect_runs, plot_fig3, run_grid, write_table1
 
     try:
@@ -72,7 +73,7 @@ def grid(data_spec, scale, image_column, out, bases, modes, attributes, epochs_d
         runs = collect_runs(out)
         md_path, csv_path = write_table1(runs, out)
         fig_path = plot_fig3(runs, out / "fig3_learning_curves.png")
-    except (ValueError, FileNotFoundError) as err:
+    except (ResumeError, ValueError, FileNotFoundError) as err:
         fail(str(err))
     click.echo(md_path.read_text())
     click.echo(f"Table 1: {md_path} and {csv_path}; Fig. 3: {fig_path}")
@@ -84,7 +85,7 @@ def grid(data_spec, scale, image_column, out, bases, modes, attributes, epochs_d
 @click.option("--scale", help="Rating scale LOW,HIGH of a csv data set.")
 @click.option("--image-column", help="Image-path column of a csv data set.")
 def evaluate(run_dir, data_spec, scale, image_column) -> None:
-    """Re-score the saved model of RUN_DIR on its test half."""
+    """Re-score the saved model of RUN_DIR on its test half (other --data: into RUN_DIR/evaluations/)."""
     from psyattr.train import evaluate_saved_run
 
     try:
@@ -93,3 +94,4 @@ def evaluate(run_dir, data_spec, scale, image_column) -> None:
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
     click.echo(json.dumps(metrics["attributes"], indent=2))
+    click.echo(f"metrics.json and predictions.csv written to {metrics['written_to']}", err=True)

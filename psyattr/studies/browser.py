@@ -47,6 +47,7 @@ def check_report(report: str | os.PathLike, screenshot: str | os.PathLike, width
     return {
         "sections": present,
         "missing_sections": missing,
+        "shown_sections": [s for s in present if s not in missing],  # a missing study still has its section
         "images": int(images.group(1)) if images else 0,
         "broken_images": int(broken.group(1)) if broken else -1,
         "screenshot": str(screenshot),

@@ -34,6 +34,7 @@ class StudyModel:
     source: Path
     _explainers: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
     _forward: Any = dataclasses.field(default=None, repr=False)
+    aliases: dict[str, str] = dataclasses.field(default_factory=dict)  # the paper's names -> the run's columns
 
     def scores(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """The model's [0, 1] outputs (N, attributes) for `images`, by one compiled forward pass per batch."""
@@ -63,7 +64,7 @@ class StudyModel:
     def attribute_index(self, attribute: str, data: RatedFaces | None = None) -> int:
         """The output index of `attribute` (a column or, with `data`, one of the paper's names)."""
         names = self.attributes
-        column = data.resolve(attribute) if data is not None else attribute
+        column = data.resolve(attribute) if data is not None else self.aliases.get(attribute, attribute)
         if column not in names:
             raise ValueError(f"model {self.label} ({self.source}) scores {', '.join(names)}, not {attribute!r}")
         return names.index(column)
@@ -89,7 +90,25 @@ def load_study_model(spec: str | os.PathLike, label: str | None = None) -> Study
     base = str(config.get("base", "?"))
     base = base.split(":")[0] if base.split(":")[0] in ("age", "gender") else Path(base).stem
     mode = config.get("mode", "?")
-    return StudyModel(model, label or f"{base}-based, {mode}", base, mode, path)
+    aliases = dict(zip(config.get("attributes", []), config.get("columns", [])))
+    return StudyModel(model, label or f"{base}-based, {mode}", base, mode, path, aliases=aliases)
+
+
+def load_study_models(specs: Sequence[str | os.PathLike]) -> list[StudyModel]:
+    """`load_study_model` for each spec, labels made unique: results are keyed by label, so a clash would drop one."""
+    models = [load_study_model(spec) for spec in specs]
+    counts: dict[str, int] = {}
+    for entry in models:
+        counts[entry.label] = counts.get(entry.label, 0) + 1
+    for entry in models:
+        if counts[entry.label] > 1:
+            name = entry.source.name if entry.source.is_dir() else entry.source.stem
+            entry.label = f"{entry.label} ({name})"
+    labels = [entry.label for entry in models]
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        raise ValueError(f"the same model was given twice: {', '.join(twice)}")
+    return models
 
 
 def held_out_faces(data: RatedFaces, seed: int = 0, limit: int | None = None) -> np.ndarray:

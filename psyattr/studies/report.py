@@ -16,13 +16,16 @@ from psyattr.studies.common import SUMMARY_FILE
 
 # (section id, title, folder in the run, the command that makes it)
 SECTIONS = (
-    ("table1", "Table 1: test error of the fine-tuned models", "grid", "psyattr grid (or psyattr demo)"),
-    ("learning_curves", "Learning curves (Fig. 3)", "grid", "psyattr grid (or psyattr demo)"),
-    ("heatmaps", "Heatmaps of test faces, one scale across models", "heatmaps", "psyattr study heatmaps"),
-    ("occlusion", "Occluding the mouth and the eyes", "occlusion", "psyattr study occlusion"),
-    ("expressions", "The same person happy and sad", "expressions", "psyattr study expressions"),
-    ("comparison", "Which base model suits the transfer", "comparison", "psyattr study compare"),
-    ("quality", "How faithful are the explanations (region perturbation, AOPC)", "quality", "psyattr study quality"),
+    ("table1", "Table 1: test error of the fine-tuned models", "grid", "psyattr grid --out RUN/grid (or psyattr demo)"),
+    ("learning_curves", "Learning curves (Fig. 3)", "grid", "psyattr grid --out RUN/grid (or psyattr demo)"),
+    ("heatmaps", "Heatmaps of test faces, one scale across models", "heatmaps",
+     "psyattr study heatmaps --out RUN/heatmaps"),
+    ("occlusion", "Occluding the mouth and the eyes", "occlusion", "psyattr study occlusion --out RUN/occlusion"),
+    ("expressions", "The same person happy and sad", "expressions",
+     "psyattr study expressions --out RUN/expressions"),
+    ("comparison", "Which base model suits the transfer", "comparison", "psyattr study compare --out RUN/comparison"),
+    ("quality", "How faithful are the explanations (region perturbation, AOPC)", "quality",
+     "psyattr study quality --out RUN/quality"),
 )
 
 STYLE = """
