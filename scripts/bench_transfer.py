@@ -70,7 +70,7 @@ def main() -> None:
     head = head_model(regressor)
     _compile(head, config, jit_compile=True)  # as psyattr train compiles it
     dense_timer = EpochTimer()
-    head.fit(feature_dataset(center, mirrored, targets, 32, 0), epochs=args.epochs + 1, verbose=0,
+    head.fit(feature_dataset(center, mirrored, targets, 32, 0), epochs=args.epochs + 1, verbose=0, shuffle=False,
              callbacks=[dense_timer.callback])
 
     with dtype_policy(resolve_precision("auto")):
@@ -78,7 +78,7 @@ def main() -> None:
     _compile(full, config)
     full_timer = EpochTimer()
     full.fit(train_dataset(images, targets, 32, 0), steps_per_epoch=math.ceil(len(images) / 32),
-             epochs=args.epochs + 1, verbose=0, callbacks=[full_timer.callback])
+             epochs=args.epochs + 1, verbose=0, shuffle=False, callbacks=[full_timer.callback])
 
     dense = statistics.median(dense_timer.times[1:])
     full_epoch = statistics.median(full_timer.times[1:])
