@@ -199,3 +199,16 @@ def test_occlusion_changes_pixels_only_near_the_region(omi):
     changed = np.any(np.abs(covered["mouth"] - images[0]) > 1, axis=-1)
     assert changed[regions["mouth"]].mean() > 0.9
     assert not changed[regions["eyes"]].any()
+
+
+def test_study_quality_refuses_options_it_would_ignore(omi_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from psyattr.cli import cli
+
+    common = ["study", "quality", "--data", f"omi:{omi_dir}", "--out", str(tmp_path / "q")]
+    two = CliRunner().invoke(cli, [*common, "--model", "a.keras", "--model", "b.keras"])
+    assert two.exit_code == 1 and "one model at a time" in two.output
+    composite = CliRunner().invoke(cli, [*common, "--model", "a.keras", "--composite", "epsilon"])
+    assert composite.exit_code == 1 and "choose with --methods" in composite.output
+    assert not (tmp_path / "q").exists()
