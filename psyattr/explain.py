@@ -3,30 +3,17 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from psyattr.checkpoints import atomic_write_text
-from psyattr.data.images import ImageError, load_model_input
+from psyattr.data.images import ImageError, image_batches, load_model_input, unique_stems
 from psyattr.lrp.explainer import LRPExplainer, Target
 from psyattr.lrp.heatmap import heatmap, overlay, render, save_png
-
-log = logging.getLogger(__name__)
-
-
-def _unique_stems(paths: Sequence[Path]) -> list[str]:
-    seen: dict[str, int] = {}
-    stems = []
-    for path in paths:
-        count = seen.get(path.stem, 0)
-        seen[path.stem] = count + 1
-        stems.append(path.stem if count == 0 else f"{path.stem}_{count + 1}")
-    return stems
 
 
 def _model_input(path: Path, align: bool) -> np.ndarray:
@@ -40,26 +27,14 @@ def _model_input(path: Path, align: bool) -> np.ndarray:
     return aligned[0]
 
 
-def _batches(paths: Sequence[Path], size: int, align: bool = False
-             ) -> Iterator[tuple[list[int], np.ndarray, list[tuple[Path, str]]]]:
-    for start in range(0, len(paths), size):
-        kept, images, failed = [], [], []
-        for index in range(start, min(start + size, len(paths))):
-            try:
-                images.append(_model_input(paths[index], align))
-                kept.append(index)
-            except (ImageError, FileNotFoundError, IsADirectoryError) as err:
-                failed.append((paths[index], str(err)))
-        yield kept, np.stack(images) if images else np.zeros((0, 227, 227, 3), np.float32), failed
-
-
-def write_explanation(out_dir: Path, stem: str, image: np.ndarray, relevance: np.ndarray, record: dict) -> None:
-    """Write `<stem>.png` (input | heatmap | overlay), `<stem>.relevance.npy` and `<stem>.json`."""
-    heat = heatmap(relevance)
+def write_explanation(out_dir: Path, stem: str, image: np.ndarray, heat: np.ndarray, array_name: str,
+                      array: np.ndarray, record: dict) -> Path:
+    """Write `<stem>.png` (input | heatmap | overlay), `<stem>.<array_name>.npy` and `<stem>.json`; return the PNG."""
     panels = np.concatenate([image.astype(np.uint8), render(heat), overlay(image, heat)], axis=1)
     save_png(panels, out_dir / f"{stem}.png")
-    np.save(out_dir / f"{stem}.relevance.npy", relevance.astype(np.float32))
+    np.save(out_dir / f"{stem}.{array_name}.npy", array.astype(np.float32))
     atomic_write_text(out_dir / f"{stem}.json", json.dumps(record, indent=2))
+    return out_dir / f"{stem}.png"
 
 
 def explain_files(
@@ -75,12 +50,10 @@ def explain_files(
     paths = [Path(p) for p in paths]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stems = _unique_stems(paths)
+    stems = unique_stems(paths)
     written, skipped = [], []
     with tqdm(total=len(paths), desc=f"explaining ({explainer.name})", unit="img", disable=not progress) as bar:
-        for kept, images, failed in _batches(paths, batch_size, align):
-            for path, why in failed:
-                log.warning("skipped %s: %s", path, why)
+        for kept, images, failed in image_batches(paths, batch_size, lambda path: _model_input(path, align)):
             skipped.extend(failed)
             if kept:
                 targets = explainer.resolve_targets(target, len(images), images)
@@ -97,7 +70,7 @@ def explain_files(
                         "outputs": {n: float(v) for n, v in zip(explainer.output_names, outputs[row])},
                         "pre_activations": {n: float(v) for n, v in zip(explainer.output_names, pre_activations[row])},
                     }
-                    write_explanation(out_dir, stems[index], images[row], relevance[row], record)
-                    written.append(out_dir / f"{stems[index]}.png")
+                    written.append(write_explanation(out_dir, stems[index], images[row], heatmap(relevance[row]),
+                                                     "relevance", relevance[row], record))
             bar.update(len(kept) + len(failed))
     return written, skipped

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 TRAIN_SIZE = 256
 CROP_SIZE = 227
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+
+log = logging.getLogger(__name__)
 
 
 class ImageError(ValueError):
@@ -70,3 +74,29 @@ def list_images(paths: list[str | os.PathLike]) -> list[Path]:
         else:
             raise FileNotFoundError(f"no such image or folder: {entry}")
     return found
+
+
+def image_batches(paths: Sequence[Path], size: int, load: Callable[[Path], np.ndarray] = load_model_input
+                  ) -> Iterator[tuple[list[int], np.ndarray, list[tuple[Path, str]]]]:
+    """Per batch of `size` paths: the indices read, their model inputs, and the (path, reason) of those skipped."""
+    for start in range(0, len(paths), size):
+        kept, images, failed = [], [], []
+        for index in range(start, min(start + size, len(paths))):
+            try:
+                images.append(load(paths[index]))
+                kept.append(index)
+            except (ImageError, FileNotFoundError, IsADirectoryError) as err:
+                log.warning("skipped %s: %s", paths[index], err)
+                failed.append((paths[index], str(err)))
+        yield kept, np.stack(images) if images else np.zeros((0, CROP_SIZE, CROP_SIZE, 3), np.float32), failed
+
+
+def unique_stems(paths: Sequence[Path]) -> list[str]:
+    """Output file stems, one per path: a repeated stem gets `_2`, `_3`, ... so that no output overwrites another."""
+    seen: dict[str, int] = {}
+    stems = []
+    for path in paths:
+        count = seen.get(path.stem, 0)
+        seen[path.stem] = count + 1
+        stems.append(path.stem if count == 0 else f"{path.stem}_{count + 1}")
+    return stems

@@ -2,44 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from psyattr.checkpoints import atomic_write_text
-from psyattr.data.images import ImageError, load_model_input
-from psyattr.lrp.heatmap import overlay, render, save_png
+from psyattr.data.images import image_batches, unique_stems
+from psyattr.explain import write_explanation
 from psyattr.serving.client import ExplainerClient, TargetSpec
-
-log = logging.getLogger(__name__)
-
-
-def _chunks(paths: Sequence[Path], size: int) -> Iterator[tuple[list[Path], np.ndarray, list[tuple[Path, str]]]]:
-    for start in range(0, len(paths), size):
-        kept, images, skipped = [], [], []
-        for path in paths[start:start + size]:
-            try:
-                images.append(load_model_input(path))
-                kept.append(path)
-            except (ImageError, FileNotFoundError, IsADirectoryError) as err:
-                log.warning("skipped %s: %s", path, err)
-                skipped.append((path, str(err)))
-        yield kept, np.stack(images) if images else np.zeros((0, 227, 227, 3), np.float32), skipped
-
-
-def _stems(paths: Sequence[Path]) -> dict[Path, str]:
-    seen: dict[str, int] = {}
-    stems = {}
-    for path in paths:
-        count = seen.get(path.stem, 0)
-        seen[path.stem] = count + 1
-        stems[path] = path.stem if count == 0 else f"{path.stem}_{count + 1}"
-    return stems
 
 
 def predict_files(predict: Callable[[np.ndarray], dict[str, np.ndarray]], paths: Sequence[str | os.PathLike],
@@ -51,12 +23,12 @@ def predict_files(predict: Callable[[np.ndarray], dict[str, np.ndarray]], paths:
     paths = [Path(p) for p in paths]
     records, skipped = [], []
     with tqdm(total=len(paths), desc="predicting", unit="img", disable=not progress) as bar:
-        for kept, images, failed in _chunks(paths, batch_size):
+        for kept, images, failed in image_batches(paths, batch_size):
             skipped.extend(failed)
             if kept:
                 outputs = predict(images)
-                records.extend({"image": str(path), "outputs": {k: float(v[i]) for k, v in outputs.items()}}
-                               for i, path in enumerate(kept))
+                records.extend({"image": str(paths[index]), "outputs": {k: float(v[i]) for k, v in outputs.items()}}
+                               for i, index in enumerate(kept))
             bar.update(len(kept) + len(failed))
     return records, skipped
 
@@ -68,21 +40,17 @@ def explain_files(client: ExplainerClient, paths: Sequence[str | os.PathLike], o
     paths = [Path(p) for p in paths]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stems = _stems(paths)
+    stems = unique_stems(paths)
     written, skipped = [], []
     with tqdm(total=len(paths), desc="explaining (served)", unit="img", disable=not progress) as bar:
-        for kept, images, failed in _chunks(paths, client.batch_size):
+        for kept, images, failed in image_batches(paths, client.batch_size):
             skipped.extend(failed)
             if kept:
                 result = client.explain(images, target, xla=xla)
-                for i, path in enumerate(kept):
+                for i, index in enumerate(kept):
                     heat = result.heatmap[i]
-                    stem = stems[path]
-                    panels = np.concatenate([images[i].astype(np.uint8), render(heat), overlay(images[i], heat)], axis=1)
-                    save_png(panels, out_dir / f"{stem}.png")
-                    np.save(out_dir / f"{stem}.heatmap.npy", heat.astype(np.float32))
                     record = {
-                        "image": str(path),
+                        "image": str(paths[index]),
                         "server": client.target,
                         "model": client.model_name,
                         "signature": "explain_xla" if xla else "explain",
@@ -91,7 +59,6 @@ def explain_files(client: ExplainerClient, paths: Sequence[str | os.PathLike], o
                         "heatmap_sum": float(heat.sum(dtype=np.float64)),
                         "outputs": {k: float(v[i]) for k, v in result.outputs.items()},
                     }
-                    atomic_write_text(out_dir / f"{stem}.json", json.dumps(record, indent=2))
-                    written.append(out_dir / f"{stem}.png")
+                    written.append(write_explanation(out_dir, stems[index], images[i], heat, "heatmap", heat, record))
             bar.update(len(kept) + len(failed))
     return written, skipped
