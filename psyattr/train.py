@@ -279,7 +279,6 @@ def evaluate_run(model: keras.Model, data: RatedFaces, out_dir: Path, columns: S
     for row, index in enumerate(test_index):
         writer.writerow([data.ids[index], *data.to_scale(test_y[row]).round(4), *data.to_scale(predicted[row]).round(4)])
     atomic_write_text(out_dir / "predictions.csv", buffer.getvalue())
-    metrics["written_to"] = str(out_dir)
     return metrics
 
 
@@ -298,7 +297,7 @@ def evaluate_saved_run(run_dir: str | os.PathLike, data: RatedFaces | None = Non
     if missing:
         raise FileNotFoundError(f"{run_dir} is not a finished training run: {', '.join(missing)} missing")
     config = json.loads(config_file.read_text())
-    out_dir = run_dir if data is None else run_dir / "evaluations" / _folder_name(data.name)
+    out_dir = evaluation_dir(run_dir, data)
     if data is None:
         spec = config["data"]
         if "kind" not in spec:
@@ -321,8 +320,11 @@ def evaluate_saved_run(run_dir: str | os.PathLike, data: RatedFaces | None = Non
     return evaluate_run(model, data, out_dir, columns, train_y, test_index[kept], center_crops(images), test_y[kept])
 
 
-def _folder_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "data"
+def evaluation_dir(run_dir: str | os.PathLike, data: RatedFaces | None = None) -> Path:
+    """Where `evaluate_saved_run` writes: the run itself for its own data, `evaluations/<data name>/` for other data."""
+    if data is None:
+        return Path(run_dir)
+    return Path(run_dir) / "evaluations" / (re.sub(r"[^A-Za-z0-9._-]+", "_", data.name).strip("_") or "data")
 
 
 def regressor_columns(model: keras.Model) -> list[str]:
@@ -330,4 +332,4 @@ def regressor_columns(model: keras.Model) -> list[str]:
     return [layer for layer in model.layers if isinstance(layer, AttributeScores)][-1].output_names
 
 
-__all__ = ["PAPER_SCALE", "TrainConfig", "evaluate_run", "evaluate_saved_run", "train_regressor"]
+__all__ = ["PAPER_SCALE", "TrainConfig", "evaluate_run", "evaluate_saved_run", "evaluation_dir", "train_regressor"]

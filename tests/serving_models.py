@@ -7,7 +7,7 @@ import numpy as np
 
 from psyattr.lrp import LRPExplainer
 from psyattr.models.regressor import attribute_scores_layer, build_attribute_regressor
-from tests.test_lrp_explainer import random_net
+from tests.test_lrp_explainer import random_net, spread_head
 
 ATTRIBUTES = ["happy", "attractive"]
 SCALES = [(1.0, 9.0), (0.0, 100.0)]
@@ -20,12 +20,7 @@ def random_regressor(seed: int, images: np.ndarray) -> keras.Model:
     """An attribute regressor on a random age net, its head scaled so that `images` score across (0, 1)."""
     model = build_attribute_regressor(random_net("age", seed, zero_bias=False), ATTRIBUTES, SCALES, "dense",
                                       initial_scores=[0.4, 0.6])
-    features = keras.Model(model.inputs, model.get_layer("fc7").output)([images], training=False).numpy()
-    rng = np.random.default_rng(seed)
-    kernel = rng.normal(0.0, 1.0, (features.shape[1], len(ATTRIBUTES))).astype("float32")
-    spread = (features @ kernel).std(axis=0)
-    fc8 = model.get_layer("fc8")
-    fc8.set_weights([kernel * (0.25 / np.maximum(spread, 1e-6)), fc8.get_weights()[1]])
+    spread_head(model, images, 0.25, seed=seed)
     return model
 
 

@@ -19,6 +19,21 @@ def random_net(task: str, seed: int, zero_bias: bool) -> keras.Model:
     return randomize_weights(build_base_model(task), seed, zero_bias)
 
 
+def spread_head(regressor: keras.Model, images: np.ndarray, spread: float, centre=None, seed: int = 0) -> keras.Model:
+    """Give a regressor's fc8 a random kernel whose scores of `images` vary by `spread` (std) per attribute.
+
+    New heads start with a zero kernel (the predict-the-mean baseline), which no explanation method could
+    explain. With `centre`, the bias puts the mean score there; otherwise the bias is kept.
+    """
+    fc8 = regressor.get_layer("fc8")
+    features = keras.Model(regressor.inputs, fc8.input)([images], training=False).numpy()
+    kernel = np.random.default_rng(seed).normal(0.0, 1.0, (features.shape[1], fc8.units)).astype("float32")
+    kernel *= spread / np.maximum((features @ kernel).std(axis=0), 1e-6)
+    bias = fc8.get_weights()[1] if centre is None else centre - (features @ kernel).mean(axis=0)
+    fc8.set_weights([kernel.astype("float32"), np.asarray(bias, "float32")])
+    return regressor
+
+
 @pytest.fixture(scope="module")
 def zero_bias_net() -> keras.Model:
     return random_net("age", 0, zero_bias=True)

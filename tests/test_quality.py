@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from psyattr.lrp import COMPOSITES
-from psyattr.models import build_base_model
 from psyattr.models.layers import CaffePreprocess
 from psyattr.models.regressor import build_attribute_regressor
 from psyattr.studies.attribution import (
@@ -20,6 +19,7 @@ from psyattr.studies.perturbation import aopc, patch_grid, patch_order, perturba
 from psyattr.studies.quality import (
     plot_perturbation_curves, quality_table_csv, quality_table_markdown, run_quality_study, write_quality_table,
 )
+from tests.test_lrp_explainer import random_net, spread_head
 
 GRADIENT_BASED = [*COMPOSITES, "gradient_x_input"]
 
@@ -67,24 +67,10 @@ def blocky_images(count: int, seed: int = 0, block: int = 19) -> np.ndarray:
 
 
 def scaled_regressor(initial_score: float = 0.5) -> keras.Model:
-    """A "happy" regressor on an age net with random weights scaled as in the LRP tests."""
-    base = build_base_model("age")
-    rng = np.random.default_rng(0)
-    for layer in base.layers:
-        if layer.weights:
-            kernel = layer.get_weights()[0]
-            fan_in = int(np.prod(kernel.shape[:-1]))
-            layer.set_weights([rng.normal(0, 1.2 / np.sqrt(fan_in), kernel.shape).astype("float32"),
-                               rng.normal(0.1, 0.3, kernel.shape[-1]).astype("float32")])
-    regressor = build_attribute_regressor(base, ["happy"], [(0, 100)], mode="dense", initial_scores=[initial_score])
-    # The head starts with a zero kernel (the predict-the-mean baseline), which no method could explain:
-    # give it a random kernel whose scores spread by about 0.2 around the initial score.
-    features = keras.Model(regressor.inputs, regressor.get_layer("drop7").output)([blocky_images(4, seed=3)]).numpy()
-    kernel = rng.normal(0, 1, (features.shape[1], 1)).astype("float32")
-    kernel *= 0.2 / max(float((features @ kernel).std()), 1e-6)
-    bias = initial_score - (features @ kernel).mean(axis=0)
-    regressor.get_layer("fc8").set_weights([kernel, bias.astype("float32")])
-    return regressor
+    """A "happy" regressor on an age net with random weights, its scores spread by about 0.2 around `initial_score`."""
+    regressor = build_attribute_regressor(random_net("age", 0, zero_bias=False), ["happy"], [(0, 100)], mode="dense",
+                                          initial_scores=[initial_score])
+    return spread_head(regressor, blocky_images(4, seed=3), 0.2, centre=initial_score)
 
 
 @pytest.fixture(scope="module")

@@ -26,20 +26,14 @@ def study_models(tmp_path_factory, face_images):
 
     The head is scaled so that scores of real faces spread around 0.5 inside [0, 1], never clipped.
     """
-    import keras
-
-    from tests.test_lrp_explainer import random_net
+    from tests.test_lrp_explainer import random_net, spread_head
 
     models = []
     for task, seed in (("age", 11), ("gender", 12)):
         folder = tmp_path_factory.mktemp(f"{task}_run")
         regressor = build_attribute_regressor(random_net(task, seed, zero_bias=False), ATTRIBUTES,
                                               [(0, 100)] * 2, "dense", [0.5, 0.5])
-        fc7 = keras.Model(regressor.inputs, regressor.get_layer("drop7").output).predict(face_images, verbose=0)
-        kernel = np.random.default_rng(seed).normal(size=(fc7.shape[1], 2))
-        kernel *= 0.1 / (fc7 @ kernel).std(axis=0)
-        bias = 0.5 - (fc7 @ kernel).mean(axis=0)
-        regressor.get_layer("fc8").set_weights([kernel.astype("float32"), bias.astype("float32")])
+        spread_head(regressor, face_images, 0.1, centre=0.5, seed=seed)
         regressor.save(folder / "model.keras")
         (folder / "config.json").write_text(json.dumps({"base": task, "mode": "dense", "seed": 0}))
         models.append(load_study_model(folder))

@@ -86,7 +86,7 @@ def grid(data_spec, scale, image_column, out, bases, modes, attributes, epochs_d
 @click.option("--image-column", help="Image-path column of a csv data set.")
 def evaluate(run_dir, data_spec, scale, image_column) -> None:
     """Re-score the saved model of RUN_DIR on its test half (other --data: into RUN_DIR/evaluations/)."""
-    from psyattr.train import evaluate_saved_run
+    from psyattr.train import evaluate_saved_run, evaluation_dir
 
     try:
         data = load_rated(data_spec, scale, image_column)[1] if data_spec else None
@@ -94,4 +94,4 @@ def evaluate(run_dir, data_spec, scale, image_column) -> None:
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
     click.echo(json.dumps(metrics["attributes"], indent=2))
-    click.echo(f"metrics.json and predictions.csv written to {metrics['written_to']}", err=True)
+    click.echo(f"metrics.json and predictions.csv written to {evaluation_dir(run_dir, data)}", err=True)

@@ -36,6 +36,11 @@ class StudyModel:
     _forward: Any = dataclasses.field(default=None, repr=False)
     aliases: dict[str, str] = dataclasses.field(default_factory=dict)  # the paper's names -> the run's columns
 
+    @property
+    def run_dir(self) -> Path:
+        """The folder holding the model's run files (config, state, metrics), if it came from a run."""
+        return self.source if self.source.is_dir() else self.source.parent
+
     def scores(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """The model's [0, 1] outputs (N, attributes) for `images`, by one compiled forward pass per batch."""
         if self._forward is None:

@@ -22,8 +22,7 @@ REGIONS = ("mouth", "cheeks", "eyes", "eyebrows", "nose", "face")
 
 def _history(entry: StudyModel, column: str) -> list[dict[str, Any]]:
     """Per epoch: train and test MAE of `column` ([0, 1] scale) from the model's run, if it has one."""
-    run = entry.source if entry.source.is_dir() else entry.source.parent
-    state_file = run / "state.json"
+    state_file = entry.run_dir / "state.json"
     history = json.loads(state_file.read_text()).get("history", []) if state_file.exists() else []
     return [{"epoch": h["epoch"], "train_mae": h.get(f"train_mae_{column}", h.get("train_mae")),
              "test_mae": h.get(f"test_mae_{column}", h.get("test_mae"))} for h in history]
@@ -31,8 +30,7 @@ def _history(entry: StudyModel, column: str) -> list[dict[str, Any]]:
 
 def _run_test_mae(entry: StudyModel, column: str) -> tuple[float, int] | None:
     """The test MAE ([0, 1] scale) and test-face count the model's run recorded for `column`, if it has a run."""
-    run = entry.source if entry.source.is_dir() else entry.source.parent
-    metrics_file = run / "metrics.json"
+    metrics_file = entry.run_dir / "metrics.json"
     if not metrics_file.exists():
         return None
     metrics = json.loads(metrics_file.read_text())
