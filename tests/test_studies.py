@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -206,3 +207,24 @@ def test_study_quality_refuses_options_it_would_ignore(omi_dir, tmp_path):
     composite = CliRunner().invoke(cli, [*common, "--model", "a.keras", "--composite", "epsilon"])
     assert composite.exit_code == 1 and "choose with --methods" in composite.output
     assert not (tmp_path / "q").exists()
+
+
+def test_a_failing_browser_is_reported_and_the_written_report_kept(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from psyattr.cli import cli
+    from psyattr.demo import check_in_browser
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    broken = bin_dir / "chromium"
+    broken.write_text("#!/bin/sh\necho 'cannot open display' >&2\nexit 3\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    report, _ = write_report(tmp_path)
+    said = []
+    assert check_in_browser(report, tmp_path / "shot.png", said.append) is None
+    assert said and "Chromium could not open it" in said[0] and "(3)" in said[0] and "cannot open display" in said[0]
+    result = CliRunner().invoke(cli, ["report", str(tmp_path)])
+    assert result.exit_code == 1 and "--no-check skips the browser" in result.output
+    assert report.exists() and "<section" in report.read_text()

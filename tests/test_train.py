@@ -76,7 +76,8 @@ def test_dense_mode_trains_only_the_dense_layers_and_resumes(tmp_path, small_rat
     assert [h["epoch"] for h in json.loads((run / "state.json").read_text())["history"]] == [1, 2, 3]
 
     other_seed = train([*common, "--epochs", "4", "--resume", "--seed", "1"])
-    assert other_seed.exit_code != 0 and "seed" in other_seed.output  # another split would leak training faces
+    # Another split would turn training faces into test faces: refused, naming both seeds.
+    assert other_seed.exit_code != 0 and "seed 0" in other_seed.output and "seed 1" in other_seed.output
 
     saved_text = (run / "metrics.json").read_text()
     saved = json.loads(saved_text)["attributes"]["happy"]
