@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from psyattr.checkpoints import atomic_write_text, read_state
+from psyattr.runs import Run
 from psyattr.data.rated import PAPER_ATTRIBUTES, RatedFaces
 from psyattr.train import DEFAULT_EPOCHS, TrainConfig, train_regressor
 
@@ -29,10 +30,12 @@ def run_name(base: str, mode: str, attribute: str) -> str:
 def run_grid(data: RatedFaces, out_dir: str | os.PathLike, data_spec: dict[str, Any],
              bases: Sequence[str] = BASES, modes: Sequence[str] = MODES,
              attributes: Sequence[str] = PAPER_ATTRIBUTES, epochs: dict[str, int] | None = None, seed: int = 0,
-             cache_dir: str | os.PathLike | None = None, progress: bool = True, joint: bool = False) -> list[Path]:
+             cache_dir: str | os.PathLike | None = None, progress: bool = True, joint: bool = False,
+             framing: str | None = None) -> list[Path]:
     """Train every (base, mode, attribute) model not finished yet (resuming partial runs); return the run dirs.
 
     With `joint`, each (base, mode) gets one model scoring all attributes at once instead of one per attribute.
+    `framing` frames the photos (None: each base net's own framing).
     """
     out_dir = Path(out_dir)
     epochs = {**DEFAULT_EPOCHS, **(epochs or {})}
@@ -53,40 +56,36 @@ def run_grid(data: RatedFaces, out_dir: str | os.PathLike, data_spec: dict[str, 
                     log.info("%s is complete, skipped", run_dir.name)
                     continue
                 log.info("training %s (%d epochs)", run_dir.name, epochs[mode])
-                config = TrainConfig(base, mode, group, epochs=epochs[mode], seed=seed)
+                config = TrainConfig(base, mode, group, epochs=epochs[mode], seed=seed, framing=framing)
                 train_regressor(data, run_dir, config, data_spec, resume=state is not None, cache_dir=cache_dir,
                                 progress=progress)
     return runs
 
 
-def collect_runs(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """Every finished run under `out_dir`: its config, metrics and per-epoch history."""
-    found = []
-    for run_dir in sorted(Path(out_dir).iterdir()):
-        metrics_file, config_file = run_dir / "metrics.json", run_dir / "config.json"
-        if not (run_dir.is_dir() and metrics_file.exists() and config_file.exists()):
-            continue
-        config = json.loads(config_file.read_text())
-        state = read_state(run_dir) or {"history": []}
-        found.append({"dir": run_dir, "config": config, "metrics": json.loads(metrics_file.read_text()),
-                      "history": state["history"]})
-    return found
+def collect_runs(out_dir: str | os.PathLike) -> list[Run]:
+    """Every finished training run directly under `out_dir`, by folder name."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise FileNotFoundError(f"grid folder not found: {out_dir}")
+    return [Run.open(path) for path in sorted(out_dir.iterdir())
+            if path.is_dir() and Run.is_run(path) and Run.open(path).finished]
 
 
 def _base_label(base: str) -> str:
     return base.split(":")[0] if base.split(":")[0] in BASES else Path(base).stem
 
 
-def table_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def table_rows(runs: list[Run]) -> list[dict[str, Any]]:
     """One row per (run, attribute): the numbers of Table 1."""
     rows = []
     for run in runs:
-        config = run["config"]
+        config, metrics = run.config, run.metrics
+        framing = (run.framing or {}).get("name", "?")
         for requested, column in zip(config["attributes"], config["columns"]):
-            m = run["metrics"]["attributes"][column]
+            m = metrics["attributes"][column]
             rows.append({
                 "attribute": requested, "column": column, "base": _base_label(config["base"]), "mode": config["mode"],
-                "epochs": len(run["history"]) or config["epochs"], "seed": config["seed"],
+                "framing": framing, "epochs": len(run.history) or config["epochs"], "seed": config["seed"],
                 "mae_1_9": m["mae_1_9"], "mae_native": m["mae_native"], "pearson_r": m["pearson_r"],
                 "baseline_mae_1_9": m["baseline_mae_1_9"], "baseline_mae_native": m["baseline_mae_native"],
                 "beats_baseline": m["mae"] < m["baseline_mae"], "test_count": m["count"],
@@ -95,7 +94,7 @@ def table_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (order.get(r["attribute"], 99), r["attribute"], r["base"], r["mode"]))
 
 
-def write_table1(runs: list[dict[str, Any]], out_dir: str | os.PathLike) -> tuple[Path, Path]:
+def write_table1(runs: list[Run], out_dir: str | os.PathLike) -> tuple[Path, Path]:
     """Write Table 1 as Markdown and CSV; return both paths."""
     out_dir = Path(out_dir)
     rows = table_rows(runs)
@@ -107,21 +106,22 @@ def write_table1(runs: list[dict[str, Any]], out_dir: str | os.PathLike) -> tupl
     writer.writerows(rows)
     csv_path = out_dir / "table1.csv"
     atomic_write_text(csv_path, buffer.getvalue())
-    scale = runs[0]["metrics"]["scale"]
-    notes = sorted({note for run in runs for note in run["config"].get("notes", [])})
+    scale = runs[0].metrics["scale"]
+    notes = sorted({note for run in runs for note in run.config.get("notes", [])})
     lines = [
-        f"# Table 1: test MAE of the fine-tuned models ({runs[0]['metrics']['dataset']}, "
+        f"# Table 1: test MAE of the fine-tuned models ({runs[0].metrics['dataset']}, "
         f"{rows[0]['test_count']} test faces, seed {rows[0]['seed']})",
         "",
         f"MAE on the paper's 1..9 scale and on the data set's own {scale[0]:g}..{scale[1]:g} scale; baseline: always "
         "predicting the training mean. Lower is better.",
         "",
-        "| attribute | base | mode | epochs | MAE (1-9) | MAE (native) | Pearson r | baseline MAE (1-9) | beats baseline |",
-        "|---|---|---|---:|---:|---:|---:|---:|---|",
+        "| attribute | base | mode | framing | epochs | MAE (1-9) | MAE (native) | Pearson r | baseline MAE (1-9) | "
+        "beats baseline |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         label = r["attribute"] if r["attribute"] == r["column"] else f"{r['attribute']} ({r['column']})"
-        lines.append(f"| {label} | {r['base']} | {r['mode']} | {r['epochs']} | {r['mae_1_9']:.3f} | "
+        lines.append(f"| {label} | {r['base']} | {r['mode']} | {r['framing']} | {r['epochs']} | {r['mae_1_9']:.3f} | "
                      f"{r['mae_native']:.2f} | {r['pearson_r']:.3f} | {r['baseline_mae_1_9']:.3f} | "
                      f"{'yes' if r['beats_baseline'] else 'NO'} |")
     if notes:
@@ -131,31 +131,31 @@ def write_table1(runs: list[dict[str, Any]], out_dir: str | os.PathLike) -> tupl
     return md_path, csv_path
 
 
-def fig3_panels(runs: list[dict[str, Any]]) -> dict[str, list[tuple[str, list[int], list[float], list[float]]]]:
+def fig3_panels(runs: list[Run]) -> dict[str, list[tuple[str, list[int], list[float], list[float]]]]:
     """Fig. 3's content: per attribute panel title, each run's (label, epochs, train MAE, test MAE) on 1..9."""
-    by_attribute: dict[str, list[dict[str, Any]]] = {}
+    by_attribute: dict[str, list[Run]] = {}
     for run in runs:
-        for requested in run["config"]["attributes"]:
+        for requested in run.config["attributes"]:
             by_attribute.setdefault(requested, []).append(run)
     panels: dict[str, list[tuple[str, list[int], list[float], list[float]]]] = {}
     span = 8.0  # MAE on the paper's 1..9 scale
     order = sorted(by_attribute, key=lambda a: (PAPER_ATTRIBUTES.index(a) if a in PAPER_ATTRIBUTES else 99, a))
     for attribute in order:
         curves = []
-        for run in sorted(by_attribute[attribute], key=lambda r: (r["config"]["base"], r["config"]["mode"])):
+        for run in sorted(by_attribute[attribute], key=lambda r: (r.config["base"], r.config["mode"])):
             # A model of several attributes logs each one's error apart, under its data column's name.
-            column = run["config"]["columns"][run["config"]["attributes"].index(attribute)]
-            suffix = f"_{column}" if len(run["config"]["columns"]) > 1 else ""
-            history = [h for h in run["history"] if f"train_mae{suffix}" in h]
+            column = run.config["columns"][run.config["attributes"].index(attribute)]
+            suffix = f"_{column}" if len(run.config["columns"]) > 1 else ""
+            history = [h for h in run.history if f"train_mae{suffix}" in h]
             if history:
-                curves.append((f"{_base_label(run['config']['base'])}-based, {run['config']['mode']}",
+                curves.append((f"{_base_label(run.config['base'])}-based, {run.config['mode']}",
                                [h["epoch"] for h in history], [h[f"train_mae{suffix}"] * span for h in history],
                                [h[f"test_mae{suffix}"] * span for h in history]))
         panels[attribute if attribute == column else f"{attribute} ({column} stands in)"] = curves
     return panels
 
 
-def plot_fig3(runs: list[dict[str, Any]], path: str | os.PathLike) -> Path:
+def plot_fig3(runs: list[Run], path: str | os.PathLike) -> Path:
     """Fig. 3: per attribute, the train (solid) and test (dashed) MAE per epoch of the four configurations."""
     from psyattr.plots import plt
 

@@ -15,11 +15,12 @@ import keras
 import numpy as np
 
 from psyattr.checkpoints import EpochCheckpoint, atomic_save_model, atomic_write_text, prepare_run_dir
-from psyattr.data.cache import decode_images
-from psyattr.data.images import CROP_SIZE, TRAIN_SIZE, center_crop
+from psyattr.data.augment import Augmentation
+from psyattr.data.images import CROP_SIZE, center_crop
 from psyattr.data.labels import FaceRecord, labelled
 from psyattr.data.pipeline import train_dataset
 from psyattr.data.splits import stratified_split
+from psyattr.faces.framing import DEFAULT_FRAMING, frame_images, get_framing
 from psyattr.models.levi_hassner import CLASS_NAMES, build_base_model, build_levi_hassner, check_task
 from psyattr.models.metrics import classification_scores, confusion_matrix, one_off_accuracy
 from psyattr.models.precision import dtype_policy, resolve_precision
@@ -49,9 +50,15 @@ class PretrainConfig:
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
     precision: str = "auto"
     limit: int | None = None
+    framing: str = DEFAULT_FRAMING
+    # The ranges of `psyattr.data.augment.Augmentation`; None is Levi & Hassner's crops and mirroring only.
+    augmentation: dict | None = dataclasses.field(default_factory=lambda: dataclasses.asdict(Augmentation()))
 
     def __post_init__(self) -> None:
         check_task(self.task)
+        get_framing(self.framing)
+        if self.augmentation is not None:
+            Augmentation(**self.augmentation)  # refuses unknown names and ranges
         if self.epochs < 1 or self.batch_size < 1 or self.lr_step_epochs < 1:
             raise ValueError("epochs, batch_size and lr_step_epochs must be >= 1")
         self.split = tuple(float(f) for f in self.split)
@@ -112,9 +119,11 @@ def _load_split(run_dir: Path, records: Sequence[FaceRecord], config: PretrainCo
     return split
 
 
-def _decode_split(split: dict[str, list[FaceRecord]], task: str, cache_dir, progress: bool):
+def _decode_split(split: dict[str, list[FaceRecord]], config: PretrainConfig, cache_dir, progress: bool):
+    task = config.task
     everything = [r for part in split.values() for r in part]
-    images, kept = decode_images([r.path for r in everything], TRAIN_SIZE, cache_dir, progress)
+    # UTKFace and Adience have no landmark files: the detector finds each face to frame it.
+    images, kept = frame_images([r.path for r in everything], config.framing, None, cache_dir, progress)
     position = {int(k): i for i, k in enumerate(kept)}
     out, start = {}, 0
     for name, part in split.items():
@@ -138,12 +147,12 @@ def pretrain(
     """Train a base net on `records` into `run_dir`; checkpoint each epoch; return the test metrics."""
     run_dir = Path(run_dir)
     precision = resolve_precision(config.precision)
-    identity = {"kind": "pretrain", "task": config.task, "architecture": ARCHITECTURE}
+    identity = {"kind": "pretrain", "task": config.task, "architecture": ARCHITECTURE, "framing": config.framing}
     state = prepare_run_dir(run_dir, identity, resume)
     if state is None:
         atomic_write_text(run_dir / "config.json", json.dumps(dataclasses.asdict(config), indent=2))
     split = _load_split(run_dir, records, config)
-    data = _decode_split(split, config.task, cache_dir, progress)
+    data = _decode_split(split, config, cache_dir, progress)
     (train_x, train_y), (val_x, val_y) = data["train"], data["validation"]
     if len(train_x) == 0:
         raise ValueError("no training image could be decoded")
@@ -151,7 +160,8 @@ def pretrain(
 
     with dtype_policy(precision):
         if state is None:
-            model = build_levi_hassner(len(CLASS_NAMES[config.task]), f"{config.task}_net", dropout=config.dropout)
+            model = build_levi_hassner(len(CLASS_NAMES[config.task]), f"{config.task}_net", dropout=config.dropout,
+                                       framing=get_framing(config.framing).to_json())
             init_levi_hassner(model, config.seed)
             _compile(model, config)
             initial_epoch, history = 0, []
@@ -167,8 +177,10 @@ def pretrain(
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False))
     if initial_epoch < config.epochs:
+        augmentation = Augmentation(**config.augmentation) if config.augmentation is not None else None
         model.fit(
-            train_dataset(train_x, train_y.astype(np.int32), config.batch_size, config.seed + initial_epoch),
+            train_dataset(train_x, train_y.astype(np.int32), config.batch_size, config.seed + initial_epoch,
+                          augmentation),
             steps_per_epoch=math.ceil(len(train_x) / config.batch_size),
             validation_data=(center_crop(val_x).astype(np.float32), val_y) if len(val_x) else None,
             validation_batch_size=config.batch_size,
@@ -183,7 +195,7 @@ def pretrain(
 
 def finish_pretraining(model: keras.Model, run_dir: Path, config: PretrainConfig, data: dict) -> dict[str, Any]:
     """Copy the trained weights into a float32 base net, save it, and score it on the held-out test split."""
-    final = build_base_model(config.task)
+    final = build_base_model(config.task, framing=get_framing(config.framing).to_json())
     final.set_weights(model.get_weights())
     atomic_save_model(final, run_dir / "model.keras")
     metrics: dict[str, Any] = {"task": config.task}

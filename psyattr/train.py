@@ -19,17 +19,20 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from psyattr.checkpoints import EpochCheckpoint, atomic_save_model, atomic_write_text, prepare_run_dir
-from psyattr.data.cache import decode_images
+from psyattr.checkpoints import EpochCheckpoint, atomic_save_model, atomic_write_text
 from psyattr.data.pipeline import center_crops, train_dataset
 from psyattr.data.rated import PAPER_SCALE, RatedFaces, RatingsError
 from psyattr.data.splits import half_split
+from psyattr.faces.framing import FROM_MODEL, get_framing, resolve_framing
+from psyattr.faces.sources import frame_rated_images
 from psyattr.features import pool5_features
 from psyattr.models.groups import FEATURES
 from psyattr.models.layers import AttributeScores
 from psyattr.models.loading import load_model
 from psyattr.models.precision import dtype_policy, resolve_precision
 from psyattr.models.regressor import build_attribute_regressor, check_mode
+from psyattr.models.weights import recorded_framing
+from psyattr.runs import Run, RunError, check_run_dir
 from psyattr.transfer_metrics import regression_scores
 
 log = logging.getLogger(__name__)
@@ -52,9 +55,12 @@ class TrainConfig:
     momentum: float = 0.9
     seed: int = 0
     precision: str = "auto"
+    framing: str | None = None  # how photos are framed; None: the base net's own framing
 
     def __post_init__(self) -> None:
         check_mode(self.mode)
+        if self.framing is not None:
+            get_framing(self.framing)
         if self.epochs is None:
             self.epochs = DEFAULT_EPOCHS[self.mode]
         if not self.attributes:
@@ -148,6 +154,13 @@ def _compile(model: keras.Model, config: TrainConfig, jit_compile: bool | str = 
     )
 
 
+def data_identity(data: RatedFaces, data_spec: dict[str, Any] | None, columns: Sequence[str]) -> dict[str, str]:
+    """What names a run's data: its kind and path as given, and a fingerprint of the rated faces it uses."""
+    spec = data_spec or {}
+    return {"kind": str(spec.get("kind", data.name)), "path": str(spec.get("path", "")),
+            "fingerprint": data.fingerprint(columns)}
+
+
 def train_regressor(
     data: RatedFaces,
     run_dir: str | os.PathLike,
@@ -158,21 +171,24 @@ def train_regressor(
     progress: bool = True,
     keep_checkpoints: int = 2,
 ) -> dict[str, Any]:
-    """Fine-tune `config.base` to `config.attributes` of `data` in `run_dir`; return the test metrics."""
+    """Fine-tune `config.base` to `config.attributes` of `data` in `run_dir`; return the test metrics.
+
+    Everything is checked (the folder, the base net, its framing, the ratings, the images) before the run
+    folder is written to, so a bad input leaves nothing behind.
+    """
     run_dir = Path(run_dir)
     columns = [data.resolve(a) for a in config.attributes]
-    # The seed fixes the 50/50 split: resuming under another would turn training faces into test faces.
-    identity = {"kind": "train", "base": config.base, "mode": config.mode, "attributes": columns, "seed": config.seed}
-    state = prepare_run_dir(run_dir, identity, resume)
-    notes = [n for n in (data.note(a) for a in config.attributes) if n]
-    if state is None:
-        atomic_write_text(run_dir / "config.json", json.dumps(
-            {**dataclasses.asdict(config), "columns": columns, "data": data_spec or {"name": data.name},
-             "scale": data.scale, "notes": notes, "problems": data.problems}, indent=2))
+    base = load_model(config.base)
+    framing = resolve_framing(config.framing if config.framing is not None else FROM_MODEL, recorded_framing(base),
+                              f"base net {config.base}")
+    # The seed fixes the 50/50 split, and the data its faces: resuming with either changed would mix them up.
+    identity = {"kind": "train", "base": config.base, "mode": config.mode, "attributes": columns, "seed": config.seed,
+                "framing": framing.name, "data": data_identity(data, data_spec, columns)}
+    state = check_run_dir(run_dir, identity, resume)
     splits = split_halves(data, config.seed)
     train_index, train_y = _valid_targets(data, columns, splits["train"])
     test_index, test_y = _valid_targets(data, columns, splits["test"])
-    images, kept = decode_images(data.paths, 256, cache_dir, progress)
+    images, kept = frame_rated_images(data, framing, cache_dir=cache_dir, progress=progress)
     position = {int(k): i for i, k in enumerate(kept)}
     train_keep = np.asarray([i in position for i in train_index], bool)
     test_keep = np.asarray([i in position for i in test_index], bool)
@@ -180,17 +196,23 @@ def train_regressor(
     test_index, test_y = test_index[test_keep], test_y[test_keep]
     if len(train_index) < 2 or len(test_index) < 1:
         raise RatingsError(f"too few usable faces for {', '.join(columns)}: {len(train_index)} train, "
-                           f"{len(test_index)} test")
+                           f"{len(test_index)} test (of {len(data)} faces, {len(data) - len(kept)} could not be "
+                           "framed; see the warnings above for each one's reason)")
+    notes = [n for n in (data.note(a) for a in config.attributes) if n]
+    if state is None:
+        run = Run.start(run_dir, {"kind": "train", **dataclasses.asdict(config), "framing": framing.to_json(),
+                                  "columns": columns, "data": data_spec or {"name": data.name}, "dataset": data.name,
+                                  "scale": data.scale, "notes": notes, "problems": data.problems}, identity)
+        run.write_split({"train": [data.ids[i] for i in train_index], "test": [data.ids[i] for i in test_index]})
     train_images = images[[position[i] for i in train_index]]
     test_images = images[[position[i] for i in test_index]]
     test_crops = center_crops(test_images)
-    log.info("%s: %d train / %d test faces for %s", data.name, len(train_index), len(test_index), ", ".join(columns))
-
-    base = load_model(config.base)
+    log.info("%s: %d train / %d test faces for %s (%s framing)", data.name, len(train_index), len(test_index),
+             ", ".join(columns), framing.name)
 
     def make_regressor() -> keras.Model:
         return build_attribute_regressor(base, columns, [data.scale] * len(columns), config.mode,
-                                         initial_scores=train_y.mean(axis=0))
+                                         initial_scores=train_y.mean(axis=0), framing=framing.to_json())
 
     regressor = make_regressor()
     if config.mode == "dense":
@@ -284,39 +306,45 @@ def evaluate_run(model: keras.Model, data: RatedFaces, out_dir: Path, columns: S
 
 def evaluate_saved_run(run_dir: str | os.PathLike, data: RatedFaces | None = None,
                        cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Re-score a run's saved model on its test half (the data from its config unless given).
+    """Re-score a run's saved model on its test faces (the data from its config unless given).
 
-    Scores on the run's own data replace its metrics.json and predictions.csv; scores on other data go to
-    `evaluations/<data name>/` in the run, so that the run's own results (and Table 1) are never overwritten.
+    Scores on the run's own data use the test ids the run recorded and replace its metrics.json and
+    predictions.csv; scores on other data (its seeded test half) go to `evaluations/<data name>/` in the run, so
+    that the run's own results (and Table 1) are never overwritten.
     """
     from psyattr.data.rated import read_rated
 
-    run_dir = Path(run_dir)
-    config_file, model_file = run_dir / "config.json", run_dir / "model.keras"
-    missing = [p.name for p in (config_file, model_file) if not p.exists()]
-    if missing:
-        raise FileNotFoundError(f"{run_dir} is not a finished training run: {', '.join(missing)} missing")
-    config = json.loads(config_file.read_text())
-    out_dir = evaluation_dir(run_dir, data)
-    if data is None:
-        spec = config["data"]
+    run = Run.open(run_dir)
+    if not run.model_file.exists():
+        raise RunError(f"{run.path} is not a finished training run: model.keras is missing (resume it with --resume)")
+    out_dir = evaluation_dir(run.path, data)
+    own_data = data is None
+    if own_data:
+        spec = run.data_spec
         if "kind" not in spec:
-            raise ValueError(f"{config_file} does not say where its data is: pass --data")
+            raise ValueError(f"{run.path / 'config.json'} does not say where its data is: pass --data")
         data = read_rated(spec["kind"], spec["path"], tuple(spec["scale"]) if spec.get("scale") else None,
                           spec.get("image_column"))
-    columns = config["columns"]
-    model = load_model(model_file)
+    columns = run.config["columns"]
+    model = load_model(run.model_file)
     if regressor_columns(model) != columns:
-        raise ValueError(f"{model_file} scores {regressor_columns(model)}, the run config says {columns}")
-    splits = split_halves(data, config["seed"])
-    _, train_y = _valid_targets(data, columns, splits["train"])
-    test_index, test_y = _valid_targets(data, columns, splits["test"])
+        raise ValueError(f"{run.model_file} scores {regressor_columns(model)}, the run config says {columns}")
+    framing = resolve_framing(FROM_MODEL, recorded_framing(model) or run.framing, f"run {run.path}")
+    if own_data:
+        split = run.split
+        train_index, test_index = data.index_of(split["train"]), data.index_of(split["test"])
+        _, train_y = _valid_targets(data, columns, train_index)
+        test_index, test_y = _valid_targets(data, columns, test_index)
+    else:
+        splits = split_halves(data, run.seed)
+        _, train_y = _valid_targets(data, columns, splits["train"])
+        test_index, test_y = _valid_targets(data, columns, splits["test"])
     if len(test_index) == 0 or len(train_y) == 0:
-        raise RatingsError(f"{data.name} has no valid ratings of {', '.join(columns)} in the test half (seed "
-                           f"{config['seed']}): nothing to evaluate {run_dir} on")
-    images, kept = decode_images([data.paths[i] for i in test_index], 256, cache_dir, progress=False)
+        raise RatingsError(f"{data.name} has no valid ratings of {', '.join(columns)} in the test faces of "
+                           f"{run.path}: nothing to evaluate it on")
+    images, kept = frame_rated_images(data, framing, test_index, cache_dir, progress=False)
     if len(kept) == 0:
-        raise RatingsError(f"none of the {len(test_index)} test images of {data.name} could be read")
+        raise RatingsError(f"none of the {len(test_index)} test images of {data.name} could be framed")
     return evaluate_run(model, data, out_dir, columns, train_y, test_index[kept], center_crops(images), test_y[kept])
 
 

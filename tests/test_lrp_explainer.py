@@ -15,8 +15,10 @@ EXPECTED_COMPOSITES = {"epsilon", "alpha2beta1", "alpha1beta0", "epsilon_plus", 
                        "epsilon_plus_flat", "epsilon_alpha2beta1_flat", "epsilon_gamma_box"}
 
 
-def random_net(task: str, seed: int, zero_bias: bool) -> keras.Model:
-    return randomize_weights(build_base_model(task), seed, zero_bias)
+def random_net(task: str, seed: int, zero_bias: bool, framing: str = "utkface") -> keras.Model:
+    from psyattr.faces.framing import get_framing
+
+    return randomize_weights(build_base_model(task, framing=get_framing(framing).to_json()), seed, zero_bias)
 
 
 def spread_head(regressor: keras.Model, images: np.ndarray, spread: float, centre=None, seed: int = 0) -> keras.Model:

@@ -94,7 +94,7 @@ def test_dense_mode_trains_only_the_dense_layers_and_resumes(tmp_path, small_rat
     written = json.loads(next((run / "evaluations").glob("*/metrics.json")).read_text())["attributes"]["happy"]
     assert written["mae"] == pytest.approx(saved["mae"], rel=1e-5)
     nothing_valid = CliRunner().invoke(cli, ["evaluate", str(run), "--data", f"csv:{small_rated}", "--scale", "0,10"])
-    assert nothing_valid.exit_code == 1 and "no valid ratings of happy in the test half" in nothing_valid.output
+    assert nothing_valid.exit_code == 1 and "no valid ratings of happy in the test faces" in nothing_valid.output
 
 
 @pytest.mark.slow
@@ -138,8 +138,15 @@ def test_unknown_attribute_stops_before_training_and_lists_the_columns(tmp_path,
     assert not (tmp_path / "run" / "state.json").exists()
 
 
-def test_fig3_names_each_attributes_own_stand_in_for_joint_and_single_runs():
+def test_fig3_names_each_attributes_own_stand_in_for_joint_and_single_runs(tmp_path):
     from psyattr.grid import fig3_panels
+    from psyattr.runs import Run
+
+    def run_folder(name, config, history):
+        run = Run.start(tmp_path / name, config, {"kind": "train"})
+        (run.path / "state.json").write_text(json.dumps({"identity": {}, "epoch": 3, "checkpoint": "x",
+                                                          "history": history}))
+        return run
 
     def history(columns, train, test):
         suffixes = [f"_{c}" for c in columns] if len(columns) > 1 else [""]
@@ -147,10 +154,10 @@ def test_fig3_names_each_attributes_own_stand_in_for_joint_and_single_runs():
                  **{f"test_mae{s}": test + k / 100 for k, s in enumerate(suffixes)}} for e in range(3)]
 
     paper, columns = ["attractive", "happy", "confident", "intelligent"], ["attractive", "happy", "dominant", "smart"]
-    joint = {"config": {"base": "age", "mode": "dense", "attributes": paper, "columns": columns},
-             "history": history(columns, 0.10, 0.20)}
-    single = {"config": {"base": "gender", "mode": "full", "attributes": ["confident"], "columns": ["dominant"]},
-              "history": history(["dominant"], 0.30, 0.40)}
+    joint = run_folder("joint", {"base": "age", "mode": "dense", "attributes": paper, "columns": columns},
+                       history(columns, 0.10, 0.20))
+    single = run_folder("single", {"base": "gender", "mode": "full", "attributes": ["confident"],
+                                   "columns": ["dominant"]}, history(["dominant"], 0.30, 0.40))
     panels = fig3_panels([single, joint])
     assert list(panels) == ["attractive", "happy", "confident (dominant stands in)", "intelligent (smart stands in)"]
     confident = dict((label, (train, test)) for label, _, train, test in panels["confident (dominant stands in)"])

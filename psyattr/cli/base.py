@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from psyattr.cli import cli
-from psyattr.cli.options import TASK, DataSpec, fail
+from psyattr.cli.options import FRAMING, TASK, DataSpec, fail
 
 
 @cli.command("import-caffe")
@@ -46,14 +46,18 @@ def import_caffe(prototxt: Path, caffemodel: Path, task: str, mean: Path | None,
 @click.option("--precision", type=click.Choice(["auto", "float32", "mixed_bfloat16", "mixed_float16"]),
               default="auto", show_default=True, help="auto: mixed bfloat16 where the hardware has it.")
 @click.option("--limit", type=click.IntRange(3), help="Use only this many images (quick trials).")
+@click.option("--framing", type=FRAMING, default="utkface", show_default=True,
+              help="How each photo is framed before training (the net then expects this framing).")
+@click.option("--augment/--no-augment", default=True, show_default=True,
+              help="Random scale, rotation, shift, light and colour on top of crops and mirroring.")
 @click.option("--keep-checkpoints", type=click.IntRange(0), default=3, show_default=True,
               help="Newest epoch checkpoints kept (0 keeps all).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out after an interruption.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), envvar="PSYATTR_CACHE_DIR",
               help="Where decoded images are cached [default: ~/.cache/psyattr].")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
-def pretrain(task, data, out, epochs, batch_size, learning_rate, lr_step_epochs, seed, precision, limit,
-             keep_checkpoints, resume, cache_dir, progress) -> None:
+def pretrain(task, data, out, epochs, batch_size, learning_rate, lr_step_epochs, seed, precision, limit, framing,
+             augment, keep_checkpoints, resume, cache_dir, progress) -> None:
     """Train an age or gender base net with Levi & Hassner's recipe (checkpoints every epoch)."""
     from psyattr.checkpoints import ResumeError
     from psyattr.data.readers import read_labelled_faces
@@ -63,7 +67,10 @@ def pretrain(task, data, out, epochs, batch_size, learning_rate, lr_step_epochs,
     try:
         records = read_labelled_faces(data)
         config = PretrainConfig(task, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                                lr_step_epochs=lr_step_epochs, seed=seed, precision=precision, limit=limit)
+                                lr_step_epochs=lr_step_epochs, seed=seed, precision=precision, limit=limit,
+                                framing=framing)
+        if not augment:
+            config.augmentation = None
         metrics = run_pretrain(records, out, config, resume=resume, cache_dir=cache_dir,
                                keep_checkpoints=keep_checkpoints, progress=progress)
     except (ResumeError, ValueError, FileNotFoundError) as err:

@@ -8,6 +8,8 @@ import click
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 TASK = click.Choice(["age", "gender"])
+# The registered framings (psyattr.faces.framing); kept here as names so that --help needs no import.
+FRAMING = click.Choice(["utkface", "omi", "none"])
 
 
 class DataSpec(click.ParamType):
@@ -27,6 +29,11 @@ class DataSpec(click.ParamType):
         if not Path(path).exists():
             self.fail(f"{kind} data folder not found: {path}", param, ctx)
         return kind, Path(path)
+
+
+def framing_option(help_text: str):
+    """The --framing option: how photos are framed for the model (None when not given: the model's own)."""
+    return click.option("--framing", type=FRAMING, default=None, help=help_text)
 
 
 def fail(message: str) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from psyattr.cli import cli
-from psyattr.cli.options import RatedDataSpec, fail, load_rated, rated_options
+from psyattr.cli.options import RatedDataSpec, fail, framing_option, load_rated, rated_options
 
 
 @cli.command()
@@ -23,11 +23,12 @@ from psyattr.cli.options import RatedDataSpec, fail, load_rated, rated_options
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--learning-rate", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the 50/50 split and training.")
+@framing_option("How each photo is framed before training [default: the base net's own framing].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out after an interruption.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), envvar="PSYATTR_CACHE_DIR")
 @click.option("--progress/--no-progress", default=True)
-def train(base, mode, attributes, data_spec, scale, image_column, out, epochs, batch_size, learning_rate, seed, resume,
-          cache_dir, progress) -> None:
+def train(base, mode, attributes, data_spec, scale, image_column, out, epochs, batch_size, learning_rate, seed, framing,
+          resume, cache_dir, progress) -> None:
     """Fine-tune a base net to human ratings (the paper's SGD, Nesterov momentum, 50/50 split)."""
     from psyattr.checkpoints import ResumeError
     from psyattr.train import TrainConfig, train_regressor
@@ -35,7 +36,7 @@ def train(base, mode, attributes, data_spec, scale, image_column, out, epochs, b
     try:
         spec, data = load_rated(data_spec, scale, image_column)
         config = TrainConfig(base, mode, list(attributes), epochs=epochs, batch_size=batch_size,
-                             learning_rate=learning_rate, seed=seed)
+                             learning_rate=learning_rate, seed=seed, framing=framing)
         metrics = train_regressor(data, out, config, spec, resume=resume, cache_dir=cache_dir, progress=progress)
     except (ResumeError, ValueError, FileNotFoundError) as err:
         fail(str(err))
@@ -56,11 +57,12 @@ def train(base, mode, attributes, data_spec, scale, image_column, out, epochs, b
 @click.option("--epochs-dense", type=click.IntRange(1), default=120, show_default=True)
 @click.option("--epochs-full", type=click.IntRange(1), default=30, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@framing_option("How each photo is framed [default: each base net's own framing].")
 @click.option("--table-only", is_flag=True, help="Only rewrite Table 1 and Fig. 3 from the finished runs.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), envvar="PSYATTR_CACHE_DIR")
 @click.option("--progress/--no-progress", default=True)
-def grid(data_spec, scale, image_column, out, bases, modes, attributes, epochs_dense, epochs_full, seed, table_only,
-         cache_dir, progress) -> None:
+def grid(data_spec, scale, image_column, out, bases, modes, attributes, epochs_dense, epochs_full, seed, framing,
+         table_only, cache_dir, progress) -> None:
     """Train the paper's 16 models (bases x modes x attributes), then write Table 1 and Fig. 3."""
     from psyattr.checkpoints import ResumeError
     from psyattr.grid import collect_runs, plot_fig3, run_grid, write_table1
@@ -69,7 +71,7 @@ def grid(data_spec, scale, image_column, out, bases, modes, attributes, epochs_d
         if not table_only:
             spec, data = load_rated(data_spec, scale, image_column)
             run_grid(data, out, spec, bases.split(","), modes.split(","), attributes.split(","),
-                     {"dense": epochs_dense, "full": epochs_full}, seed, cache_dir, progress)
+                     {"dense": epochs_dense, "full": epochs_full}, seed, cache_dir, progress, framing=framing)
         runs = collect_runs(out)
         md_path, csv_path = write_table1(runs, out)
         fig_path = plot_fig3(runs, out / "fig3_learning_curves.png")

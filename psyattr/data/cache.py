@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +22,20 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("PSYATTR_CACHE_DIR") or Path.home() / ".cache" / "psyattr")
 
 
-def _cache_key(paths: Sequence[Path], size: int) -> str:
-    digest = hashlib.sha1(str(size).encode())
+def _cache_key(paths: Sequence[Path], size: int, key: str) -> str:
+    digest = hashlib.sha1(f"{size}|{key}".encode())
     for path in paths:
         stat = path.stat() if path.exists() else None
         digest.update(f"{path.resolve()}|{stat and stat.st_size}|{stat and stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def report_failures(failed: Sequence[tuple[str, str]], shown: int = 10) -> None:
+    """Log one warning naming the images that could not be used, each with its reason."""
+    if failed:
+        listed = "; ".join(f"{name}: {why}" for name, why in failed[:shown])
+        log.warning("skipped %d image(s) that could not be used: %s%s", len(failed), listed,
+                    f" (and {len(failed) - shown} more)" if len(failed) > shown else "")
 
 
 def decode_images(
@@ -35,17 +43,27 @@ def decode_images(
     size: int = 256,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    load: Callable[[int, Path], np.ndarray] | None = None,
+    key: str = "",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Decode `paths` to `(N_ok, size, size, 3)` uint8 and the indices of the decoded ones; cached by content."""
+    """Decode `paths` to `(N_ok, size, size, 3)` uint8 and the indices of the decoded ones; cached by content.
+
+    `load(index, path)` makes one image (default: decoded and resized to `size`); `key` names what it does
+    (e.g. a framing), so that caches of different loaders never mix. Images that fail are skipped and logged
+    with their reasons.
+    """
     paths = [Path(p) for p in paths]
+    load = load or (lambda index, path: load_rgb(path, size))
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    key = _cache_key(paths, size)
-    array_file, index_file = cache / f"images_{key}.npy", cache / f"images_{key}.json"
+    digest = _cache_key(paths, size, key)
+    array_file, index_file = cache / f"images_{digest}.npy", cache / f"images_{digest}.json"
     if array_file.exists() and index_file.exists():
         try:
-            kept = np.asarray(json.loads(index_file.read_text())["kept"], dtype=int)
+            index = json.loads(index_file.read_text())
+            kept = np.asarray(index["kept"], dtype=int)
             images = np.load(array_file, mmap_mode="r")
             if images.shape == (len(kept), size, size, 3):
+                report_failures([tuple(f) for f in index.get("failed", [])])
                 return np.asarray(images), kept
         except (ValueError, KeyError, OSError) as err:
             log.warning("ignoring unreadable image cache %s: %s", array_file, err)
@@ -53,15 +71,12 @@ def decode_images(
     kept_list, failed = [], []
     for index, path in enumerate(tqdm(paths, desc="decoding images", unit="img", disable=not progress)):
         try:
-            images[len(kept_list)] = load_rgb(path, size)
+            images[len(kept_list)] = load(index, path)
         except (ImageError, FileNotFoundError) as err:
-            failed.append(f"{path.name} ({err.__class__.__name__})")
+            failed.append((path.name, str(err)))
             continue
         kept_list.append(index)
-    if failed:
-        log.warning(
-            "skipped %d unreadable image(s): %s%s", len(failed), ", ".join(failed[:10]), " ..." if len(failed) > 10 else ""
-        )
+    report_failures(failed)
     images = images[: len(kept_list)]
     kept = np.asarray(kept_list, dtype=int)
     try:
@@ -71,7 +86,7 @@ def decode_images(
         np.save(tmp_array, images)
         os.replace(tmp_array, array_file)
         tmp_index = index_file.with_suffix(".tmp")
-        tmp_index.write_text(json.dumps({"kept": kept.tolist(), "size": size}))
+        tmp_index.write_text(json.dumps({"kept": kept.tolist(), "size": size, "key": key, "failed": failed}))
         os.replace(tmp_index, index_file)
     except OSError as err:
         log.warning("could not write the image cache in %s: %s", cache, err)

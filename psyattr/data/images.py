@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -21,23 +22,67 @@ class ImageError(ValueError):
     """An image file that cannot be decoded."""
 
 
-def decode_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Decode any image file at its own size to RGB uint8 `(H, W, 3)`: EXIF-rotated, any mode."""
-    path = Path(path)
+DEFAULT_MAX_PIXELS = 50_000_000
+MAX_PIXELS_ENV = "PSYATTR_MAX_PIXELS"
+# Large JPEGs are decoded at a reduced scale (1/2 .. 1/8, by the JPEG decoder itself) while their long side
+# stays at least this many pixels: enough to find and frame a face, in bounded memory and time.
+WORKING_SIDE = 2048
+
+
+def max_pixels() -> int:
+    """psyattr's limit on an image's pixel count: `$PSYATTR_MAX_PIXELS`, else 50 million."""
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_PIXELS
     try:
-        with Image.open(path) as image:
+        value = int(float(text))
+    except ValueError:
+        raise ValueError(f"{MAX_PIXELS_ENV} must be a number of pixels, got {text!r}") from None
+    if value < 1:
+        raise ValueError(f"{MAX_PIXELS_ENV} must be positive, got {text!r}")
+    return value
+
+
+def _too_large(path: Path, width: int, height: int, limit: int) -> ImageError:
+    return ImageError(f"{path} is {width}x{height} = {width * height / 1e6:.0f} megapixels, over psyattr's limit of "
+                      f"{limit / 1e6:g} (raise it with --max-pixels or {MAX_PIXELS_ENV}, or shrink the image)")
+
+
+def decode_rgb(path: str | os.PathLike, limit: int | None = None) -> np.ndarray:
+    """Decode any image file to RGB uint8 `(H, W, 3)`: EXIF-rotated, any mode, large JPEGs at a reduced scale.
+
+    Images over `limit` pixels (default `max_pixels()`) are refused before they are decoded.
+    """
+    path = Path(path)
+    limit = limit or max_pixels()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
+            if image.format == "JPEG" and max(image.size) > 2 * WORKING_SIDE:
+                image.draft("RGB", (WORKING_SIDE, WORKING_SIDE))
+            width, height = image.size
+            if width * height > limit:
+                raise _too_large(path, width, height, limit)
             image = ImageOps.exif_transpose(image)
             if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
                 # Transparent pixels become white rather than whatever colour hides behind them.
                 background = Image.new("RGBA", image.size, (255, 255, 255, 255))
                 image = Image.alpha_composite(background, image.convert("RGBA"))
-            elif image.mode in ("I", "I;16", "I;16B", "F"):
+            elif image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
                 # 16-bit and float images are rescaled to 0..255 instead of being clipped.
                 array = np.asarray(image, dtype=np.float64)
                 span = float(array.max() - array.min()) or 1.0
                 image = Image.fromarray(((array - array.min()) / span * 255).astype(np.uint8))
             return np.asarray(image.convert("RGB"), dtype=np.uint8)
     except FileNotFoundError:
+        raise
+    except Image.DecompressionBombError as err:
+        # PIL refuses such images before it reports their size: they are far over psyattr's own limit too.
+        raise ImageError(f"{path} is over psyattr's limit of {limit / 1e6:g} megapixels ({err}); shrink the image, "
+                         f"or raise the limit with --max-pixels or {MAX_PIXELS_ENV}") from None
+    except ImageError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageError(f"cannot decode image {path}: {err} (is it a complete image file?)") from err

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
+import json
 import logging
 import math
 import os
@@ -70,6 +72,24 @@ class RatedFaces:
         low, high = self.scale
         return (self.ratings[column] - low) / (high - low)
 
+    def fingerprint(self, columns: Sequence[str] | None = None) -> str:
+        """A digest of the rated faces (ids and ratings of `columns`, default all): equal data gives equal digests."""
+        digest = hashlib.sha1(json.dumps([self.name, list(self.scale)]).encode())
+        digest.update("\n".join(self.ids).encode())
+        for column in columns if columns is not None else self.attributes:
+            digest.update(column.encode())
+            digest.update(np.ascontiguousarray(self.ratings[column], np.float64).tobytes())
+        return digest.hexdigest()[:16]
+
+    def index_of(self, ids: Sequence[str]) -> np.ndarray:
+        """The positions of `ids` in this data set; RatingsError naming ids it does not hold."""
+        position = {item: i for i, item in enumerate(self.ids)}
+        missing = [item for item in ids if item not in position]
+        if missing:
+            raise RatingsError(f"{self.name} does not hold {len(missing)} of the {len(ids)} ids asked for (e.g. "
+                               f"{', '.join(missing[:5])}): is it the data set the run was trained on?")
+        return np.asarray([position[item] for item in ids], dtype=int)
+
     def to_scale(self, scores: np.ndarray, scale: tuple[float, float] | None = None) -> np.ndarray:
         """Map [0, 1] scores to `scale` (default: the data set's own)."""
         low, high = scale or self.scale
@@ -91,7 +111,8 @@ def _to_float(value) -> float:
 
 
 def build_rated_faces(name: str, rows: Iterable[tuple[str, Path, Mapping[str, object]]], columns: Sequence[str],
-                      scale: tuple[float, float], image_dir: Path | None = None, **extra) -> RatedFaces:
+                      scale: tuple[float, float], image_dir: Path | None = None, file_problems: Sequence[str] = (),
+                      **extra) -> RatedFaces:
     """Validate (id, image path, {column: raw value}) rows into a RatedFaces, reporting each kind of problem once."""
     low, high = scale
     if not low < high:
@@ -115,7 +136,7 @@ def build_rated_faces(name: str, rows: Iterable[tuple[str, Path, Mapping[str, ob
                 bad_cells[column].append(item_id)
                 value = math.nan
             values[column].append(value)
-    problems = []
+    problems = list(file_problems)
     if duplicates:
         problems.append(f"{len(duplicates)} duplicated id(s), first kept: {', '.join(duplicates[:5])}")
     if absent:
@@ -138,14 +159,27 @@ def build_rated_faces(name: str, rows: Iterable[tuple[str, Path, Mapping[str, ob
     return RatedFaces(name, ids, paths, ratings, (float(low), float(high)), problems=problems, **extra)
 
 
-def _read_csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+def _read_csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]], list[str]]:
+    """Header, rows with every field, and a problem line for the ragged rows left out (with their line numbers)."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
-            rows = list(reader)
-            return list(reader.fieldnames or []), rows
+            header = list(reader.fieldnames or [])
+            rows, ragged = [], []
+            for row in reader:
+                # DictReader fills a short row's missing fields with None and keeps a long row's extras under None.
+                if None in row or any(value is None for value in row.values()):
+                    fields = len(header) - sum(v is None for v in row.values()) + len(row.get(None) or [])
+                    ragged.append(f"line {reader.line_num} ({fields} fields)")
+                    continue
+                rows.append(row)
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise RatingsError(f"cannot read ratings file {path}: {err}") from err
+    problems = []
+    if ragged:
+        problems.append(f"{len(ragged)} row(s) of {path.name} do not have the header's {len(header)} fields and are "
+                        f"left out: {', '.join(ragged[:5])}{' ...' if len(ragged) > 5 else ''}")
+    return header, rows, problems
 
 
 OMI_ALIASES = {"attractive": "attractive", "happy": "happy", "intelligent": "smart", "confident": "dominant"}
@@ -161,13 +195,13 @@ def read_omi(folder: str | os.PathLike) -> RatedFaces:
     ratings_file = root / "attribute_means.csv"
     if not ratings_file.is_file():
         raise RatingsError(f"{ratings_file} not found: pass the OMI folder holding attribute_means.csv and images_256/")
-    header, rows = _read_csv_rows(ratings_file)
+    header, rows, file_problems = _read_csv_rows(ratings_file)
     if "stimulus" not in header:
         raise RatingsError(f"{ratings_file} has no 'stimulus' column (columns: {', '.join(header)})")
     image_dir = root / "images_256" if (root / "images_256").is_dir() else root / "images"
     columns = [c for c in header if c != "stimulus"]
     items = [(row["stimulus"].strip(), image_dir / f"{row['stimulus'].strip()}.jpg", row) for row in rows]
-    return build_rated_faces("OMI", items, columns, (0.0, 100.0), image_dir,
+    return build_rated_faces("OMI", items, columns, (0.0, 100.0), image_dir, file_problems,
                              aliases=dict(OMI_ALIASES), stand_ins=dict(OMI_STAND_INS))
 
 
@@ -187,8 +221,9 @@ def read_us10k(folder: str | os.PathLike) -> RatedFaces:
         raise RatingsError(f"no psychology-attributes.xlsx (or .csv) under {root}: pass the 10k US Adult Faces folder")
     if table.suffix == ".xlsx":
         header, rows = _read_xlsx(table, "Final Values")
+        file_problems = []
     else:
-        header, rows = _read_csv_rows(table)
+        header, rows, file_problems = _read_csv_rows(table)
     if "Filename" not in header:
         raise RatingsError(f"{table} has no 'Filename' column (columns: {', '.join(map(str, header))})")
     numbers = {}
@@ -206,7 +241,7 @@ def read_us10k(folder: str | os.PathLike) -> RatedFaces:
         number = numbers.get(filename) or str(row.get("Image #") or "").strip().removesuffix(".0")
         path = image_dir / f"{number}.jpg" if number else image_dir / filename
         items.append((filename or number, path, row))
-    faces = build_rated_faces("10k US Adult Faces", items, columns, PAPER_SCALE, None)
+    faces = build_rated_faces("10k US Adult Faces", items, columns, PAPER_SCALE, None, file_problems)
     # 77 facial landmarks ("x y" per line) sit beside the images as {N}_landmarks.txt.
     for item_id, image in zip(faces.ids, faces.paths):
         landmark_file = image.with_name(f"{image.stem}_landmarks.txt")
@@ -238,14 +273,14 @@ IMAGE_COLUMNS = ("image", "path", "file", "filename", "image_path")
 def read_rated_csv(path: str | os.PathLike, scale: tuple[float, float], image_column: str | None = None) -> RatedFaces:
     """A generic CSV: an image-path column (relative to the CSV's folder) and attribute columns on `scale`."""
     path = Path(path)
-    header, rows = _read_csv_rows(path)
+    header, rows, file_problems = _read_csv_rows(path)
     column = image_column or next((c for c in header if c.lower() in IMAGE_COLUMNS), None)
     if column is None or column not in header:
         raise RatingsError(f"{path}: no image column ({image_column or ' / '.join(IMAGE_COLUMNS)}); "
                            f"columns are {', '.join(header)}")
     columns = [c for c in header if c != column]
     items = [(row[column].strip(), (path.parent / row[column].strip()).resolve(), row) for row in rows]
-    return build_rated_faces(path.name, items, columns, scale, None)
+    return build_rated_faces(path.name, items, columns, scale, None, file_problems)
 
 
 RATED_READERS = {"omi": read_omi, "10k": read_us10k}

@@ -4,7 +4,7 @@ The two models ship in `psyattr/faces/models/` (Apache-2.0, see the LICENSE ther
 mediapipe 0.10.21 wheel (`mediapipe/modules/face_detection/`, `mediapipe/modules/face_landmark/`; their SHA-256
 are in MODEL_SHA256). The pipeline is MediaPipe's
 FaceMesh in static-image mode, re-implemented step by step: letterbox the image to 128x128, decode BlazeFace's
-896 anchor boxes, merge the overlapping boxes of the best face (weighted non-maximum suppression), take a square
+896 anchor boxes, merge the overlapping boxes of each face (weighted non-maximum suppression), take a square
 crop 1.5 times the box turned so the eyes are level, run the mesh model on it at 192x192, and map the 468
 points back to the image. On OMI's 1004 faces (256 px) the points lie a median 0.41 px (95th percentile
 1.1 px) from those of mediapipe 0.10.21 itself.
@@ -60,11 +60,12 @@ class FaceBox:
 
 @dataclasses.dataclass(frozen=True)
 class MeshResult:
-    """468 face-mesh points `(468, 3)` in pixels of the image (z on the x scale), the face box and presence score."""
+    """468 face-mesh points `(468, 3)` in pixels of the image (z on the x scale), the face box, presence and face count."""
 
     points: np.ndarray
     box: FaceBox
     presence: float
+    faces: int = 1  # faces found in the image; the points are those of the largest
 
 
 def ssd_anchors() -> np.ndarray:
@@ -109,17 +110,24 @@ def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area + areas - inter, 1e-12)
 
 
+def all_faces(decoded: np.ndarray, scores: np.ndarray, threshold: float) -> list[tuple[np.ndarray, float]]:
+    """Every face above `threshold`, best first: each one's overlapping boxes averaged by score (weighted NMS)."""
+    keep = scores >= threshold
+    decoded, scores = decoded[keep], scores[keep]
+    faces = []
+    while len(scores):
+        top = int(np.argmax(scores))
+        overlapping = _iou(decoded[top], decoded) > SUPPRESSION_IOU
+        weights = scores[overlapping]
+        faces.append(((decoded[overlapping] * weights[:, None]).sum(axis=0) / weights.sum(), float(scores[top])))
+        decoded, scores = decoded[~overlapping], scores[~overlapping]
+    return faces
+
+
 def best_face(decoded: np.ndarray, scores: np.ndarray, threshold: float) -> tuple[np.ndarray, float] | None:
     """The highest-scoring face above `threshold`, averaged with its overlapping boxes by score (weighted NMS)."""
-    keep = scores >= threshold
-    if not keep.any():
-        return None
-    decoded, scores = decoded[keep], scores[keep]
-    top = int(np.argmax(scores))
-    overlapping = _iou(decoded[top], decoded) > SUPPRESSION_IOU
-    weights = scores[overlapping]
-    merged = (decoded[overlapping] * weights[:, None]).sum(axis=0) / weights.sum()
-    return merged, float(scores[top])
+    faces = all_faces(decoded, scores, threshold)
+    return faces[0] if faces else None
 
 
 @contextlib.contextmanager
@@ -157,10 +165,11 @@ def _interpreter(path: Path):
 
 
 class FaceMeshDetector:
-    """Find the most prominent face in an RGB image and its 468 face-mesh points (MediaPipe FaceMesh, static mode).
+    """Find the largest face in an RGB image and its 468 face-mesh points (MediaPipe FaceMesh, static mode).
 
-    `detector(image)` takes RGB `(H, W, 3)` (uint8, or float in 0..255) and returns a `MeshResult` in the
-    image's pixel frame, or None when no face is found or the mesh model says the crop holds no face.
+    `detector(image)` takes RGB `(H, W, 3)` (uint8, or float in 0..255) and returns a `MeshResult` of the
+    largest face in the image's pixel frame, or None when no face is found or the mesh model says the crop
+    holds no face.
     One detector serves one thread at a time (TFLite interpreters are not thread-safe).
     """
 
@@ -179,34 +188,39 @@ class FaceMeshDetector:
         interpreter.invoke()
         return {d["name"]: interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()}
 
-    def detect(self, image: np.ndarray) -> FaceBox | None:
-        """The best face box in `image` (pixels), or None when no score reaches `min_detection_score`."""
+    def detect_all(self, image: np.ndarray) -> list[FaceBox]:
+        """Every face box in `image` (pixels) whose score reaches `min_detection_score`, best first."""
         image = _as_rgb(image)
         height, width = image.shape[:2]
         side = max(height, width)
         # Letterbox: scale the long side to 128 and pad the short one equally on both sides with black.
-        scaled_w, scaled_h = round(width * DETECTOR_SIZE / side), round(height * DETECTOR_SIZE / side)
+        scaled_w, scaled_h = max(1, round(width * DETECTOR_SIZE / side)), max(1, round(height * DETECTOR_SIZE / side))
         resized = np.asarray(Image.fromarray(image).resize((scaled_w, scaled_h), Image.Resampling.BILINEAR))
         canvas = np.zeros((DETECTOR_SIZE, DETECTOR_SIZE, 3), np.float32)
         top, left = (DETECTOR_SIZE - scaled_h) // 2, (DETECTOR_SIZE - scaled_w) // 2
         canvas[top : top + scaled_h, left : left + scaled_w] = resized
         outputs = self._run(self._detector, canvas / 127.5 - 1.0)
         decoded = decode_boxes(outputs["regressors"][0], self._anchors)
-        found = best_face(decoded, _sigmoid(outputs["classificators"][0, :, 0]), self.min_detection_score)
-        if found is None:
-            return None
-        merged, score = found
-        # From the letterboxed square (in [0, 1]) back to image pixels.
-        xy = merged.reshape(-1, 2) * DETECTOR_SIZE - [left, top]
-        xy *= [width / scaled_w, height / scaled_h]
-        return FaceBox(*xy[0], *xy[1], keypoints=xy[2:], score=score)
+        boxes = []
+        for merged, score in all_faces(decoded, _sigmoid(outputs["classificators"][0, :, 0]), self.min_detection_score):
+            # From the letterboxed square (in [0, 1]) back to image pixels.
+            xy = merged.reshape(-1, 2) * DETECTOR_SIZE - [left, top]
+            xy *= [width / scaled_w, height / scaled_h]
+            boxes.append(FaceBox(*xy[0], *xy[1], keypoints=xy[2:], score=score))
+        return boxes
+
+    def detect(self, image: np.ndarray) -> FaceBox | None:
+        """The best face box in `image` (pixels), or None when no score reaches `min_detection_score`."""
+        boxes = self.detect_all(image)
+        return boxes[0] if boxes else None
 
     def __call__(self, image: np.ndarray) -> MeshResult | None:
-        """468 mesh points of the best face in `image`, or None when there is no face."""
+        """468 mesh points of the largest face in `image` (`faces` says how many were found), or None."""
         image = _as_rgb(image)
-        box = self.detect(image)
-        if box is None:
+        boxes = self.detect_all(image)
+        if not boxes:
             return None
+        box = max(boxes, key=lambda b: (b.x1 - b.x0) * (b.y1 - b.y0))
         centre, side, angle = mesh_roi(box)
         crop = crop_rotated(image, centre, side, angle, MESH_SIZE)
         outputs = self._run(self._mesh, crop / 255.0)
@@ -217,7 +231,7 @@ class FaceMeshDetector:
         points = np.empty((468, 3), np.float32)
         points[:, :2] = roi_to_image(local[:, :2] / MESH_SIZE, centre, side, angle)
         points[:, 2] = local[:, 2] / MESH_SIZE * side
-        return MeshResult(points, box, presence)
+        return MeshResult(points, box, presence, len(boxes))
 
 
 def mesh_roi(box: FaceBox) -> tuple[np.ndarray, float, float]:

@@ -13,13 +13,20 @@ LEVI_HASSNER_BGR_MEAN = (78.426, 87.769, 114.896)
 
 @keras.saving.register_keras_serializable(package="psyattr")
 class CaffePreprocess(keras.layers.Layer):
-    """RGB pixels in 0..255 to Caffe's input: channels reversed to BGR, minus the BGR means."""
+    """RGB pixels in 0..255 to Caffe's input: channels reversed to BGR, minus the BGR means.
 
-    def __init__(self, bgr_mean: Sequence[float] = LEVI_HASSNER_BGR_MEAN, **kwargs):
+    `framing` records how the faces this model learned from were framed (`psyattr.faces.framing`), as a JSON
+    dict: the model's input contract, saved with it so that every path can frame a photo the same way.
+    """
+
+    def __init__(self, bgr_mean: Sequence[float] = LEVI_HASSNER_BGR_MEAN, framing: dict | None = None, **kwargs):
         super().__init__(**kwargs)
         if len(bgr_mean) != 3:
             raise ValueError(f"bgr_mean must hold 3 values (B, G, R), got {len(bgr_mean)}: {bgr_mean!r}")
+        if framing is not None and not (isinstance(framing, dict) and "name" in framing):
+            raise ValueError(f"framing must be a framing's JSON dict (with a 'name'), got {framing!r}")
         self.bgr_mean = tuple(float(m) for m in bgr_mean)
+        self.framing = None if framing is None else dict(framing)
 
     def call(self, inputs):
         bgr = inputs[..., ::-1]
@@ -29,7 +36,7 @@ class CaffePreprocess(keras.layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "bgr_mean": list(self.bgr_mean)}
+        return {**super().get_config(), "bgr_mean": list(self.bgr_mean), "framing": self.framing}
 
 
 @keras.saving.register_keras_serializable(package="psyattr")

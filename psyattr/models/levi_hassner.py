@@ -41,10 +41,10 @@ def _dense_block(x, units: int, index: int, dropout: float):
 
 
 def build_features(
-    inputs: keras.KerasTensor, bgr_mean: Sequence[float] = LEVI_HASSNER_BGR_MEAN
+    inputs: keras.KerasTensor, bgr_mean: Sequence[float] = LEVI_HASSNER_BGR_MEAN, framing: dict | None = None
 ) -> keras.KerasTensor:
     """Apply Caffe preprocessing and conv1..pool5 to RGB 0..255 `inputs`; return the flattened pool5."""
-    x = CaffePreprocess(bgr_mean, name="data")(inputs)
+    x = CaffePreprocess(bgr_mean, framing, name="data")(inputs)
     # Caffe pools with ceil rounding; "same" padding reproduces its windows for 56, 28 and 14.
     x = _conv_block(x, 96, 7, "1", strides=4, padding="valid")
     x = keras.layers.MaxPooling2D(3, 2, padding="same", name="pool1")(x)
@@ -68,20 +68,29 @@ def build_levi_hassner(
     name: str = "levi_hassner",
     bgr_mean: Sequence[float] = LEVI_HASSNER_BGR_MEAN,
     dropout: float = 0.5,
+    framing: dict | None = None,
 ) -> keras.Model:
     """Build the Levi-Hassner architecture with `num_classes` outputs: logits at `fc8`, softmax `prob`."""
     inputs = keras.Input(INPUT_SHAPE, name="image")
-    x = build_dense(build_features(inputs, bgr_mean), dropout)
+    x = build_dense(build_features(inputs, bgr_mean, framing), dropout)
     logits = keras.layers.Dense(num_classes, name="fc8")(x)
     # The softmax stays float32 under mixed precision so that the loss is computed stably.
     prob = keras.layers.Softmax(name="prob", dtype="float32")(logits)
     return keras.Model(inputs, prob, name=name)
 
 
-def build_base_model(task: str, weights: str | os.PathLike | None = None) -> keras.Model:
-    """Build the age (8 groups) or gender (2 classes) net; `weights` is a preset name or a weights file."""
+def build_base_model(task: str, weights: str | os.PathLike | None = None, framing: dict | None = None) -> keras.Model:
+    """Build the age (8 groups) or gender (2 classes) net; `weights` is a preset name or a weights file.
+
+    The net records `framing` (a framing's JSON dict); by default the one its weights were trained on, as the
+    preset or the `.keras` file says (None for a new net or weights that do not say).
+    """
     check_task(task)
-    model = build_levi_hassner(len(CLASS_NAMES[task]), name=f"{task}_net")
+    if framing is None and weights is not None:
+        from psyattr.models.weights import weights_framing
+
+        framing = weights_framing(weights, task)
+    model = build_levi_hassner(len(CLASS_NAMES[task]), name=f"{task}_net", framing=framing)
     if weights is not None:
         from psyattr.models.weights import load_weights_into
 

@@ -126,6 +126,33 @@ def assign_weights(model: keras.Model, arrays: Mapping[str, list[np.ndarray]], s
         layer.set_weights([np.asarray(a, dtype=w.dtype) for a, w in zip(found, layer.weights)])
 
 
+def recorded_framing(model: keras.Model) -> dict | None:
+    """The framing a model records (its preprocessing layer's, nested models searched too), or None."""
+    for layer in model.layers:
+        framing = getattr(layer, "framing", None)
+        if isinstance(framing, dict):
+            return dict(framing)
+        if isinstance(layer, keras.Model):
+            inner = recorded_framing(layer)
+            if inner is not None:
+                return inner
+    return None
+
+
+def weights_framing(weights: str | os.PathLike, task: str) -> dict | None:
+    """The framing that a preset or a `.keras` file of weights was trained on, when it says."""
+    path = Path(weights)
+    if isinstance(weights, str) and not path.suffix and not path.exists():
+        entry = available_presets().get(weights, {}).get(task, {})
+        return entry.get("framing")
+    if path.suffix == ".keras" and path.exists():
+        try:
+            return recorded_framing(keras.models.load_model(path, compile=False))
+        except Exception:  # an unreadable file is reported when its weights are loaded
+            return None
+    return None
+
+
 def load_weights_into(model: keras.Model, weights: str | os.PathLike, task: str) -> None:
     """Fill `model` from a preset name or a `.keras` / `.weights.h5` / `.npz` file, all layers or none."""
     path = Path(weights)
