@@ -12,6 +12,11 @@ Signatures (all take `image`: float32 `(N, 227, 227, 3)`, RGB pixel values 0..25
   `(N, 227, 227)` (LRP relevance summed over the colour channels). Traced without XLA.
 - `explain_xla`: the same under XLA; it only runs where XLA may compile (TF Serving with
   `--xla_cpu_compilation_enabled=true`, `psyattr serve --xla-cpu-compilation-enabled`).
+- `metadata`: takes `request`: string `(N,)` (any text) and returns `psyattr_json` `(N,)`, the export's
+  `psyattr.json`: the outputs, their rating scales and the framing its photos need. Clients read it to
+  frame photos as the model expects before sending them.
+
+The scores of `explain` come from the same forward pass that the relevance graph explains.
 
 Output keys are the output names in snake_case (`25-32` becomes `prob_25_32`).
 """
@@ -33,12 +38,14 @@ import numpy as np
 import tensorflow as tf
 
 from psyattr import __version__
+from psyattr.faces.framing import FROM_MODEL, resolve_framing
 from psyattr.lrp.explainer import LRPExplainer
 from psyattr.models.layers import AttributeScores
+from psyattr.models.weights import recorded_framing
 
 log = logging.getLogger(__name__)
 
-SIGNATURES = ("serving_default", "explain", "explain_xla")
+SIGNATURES = ("serving_default", "explain", "explain_xla", "metadata")
 WARMUP_FILE = "tf_serving_warmup_requests"
 METADATA_FILE = "psyattr.json"
 ASSETS_EXTRA = "assets.extra"
@@ -110,10 +117,13 @@ class SignatureBuilder:
         index = tf.TensorSpec((None,), tf.int32, name="index")
         self._core = tf.function(self._explain_core, input_signature=[image, index], jit_compile=False)
         self._core_xla = tf.function(self._explain_core, input_signature=[image, index], jit_compile=True)
+        self.metadata_json = ""
         self.functions = {
             "serving_default": tf.function(self._predict, input_signature=[image]),
             "explain": tf.function(self._explain, input_signature=[image, target]),
             "explain_xla": tf.function(self._explain_xla, input_signature=[image, target]),
+            "metadata": tf.function(self._metadata_signature,
+                                    input_signature=[tf.TensorSpec((None,), tf.string, name="request")]),
         }
 
     def _named_outputs(self, outputs: tf.Tensor, pre_activations: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -134,14 +144,17 @@ class SignatureBuilder:
         return self._named_outputs(outputs, pre_activations)
 
     def _explain_core(self, image: tf.Tensor, index: tf.Tensor) -> dict[str, tf.Tensor]:
-        outputs, pre_activations = self._both(image, training=False)
-        top = tf.argmax(pre_activations, axis=1, output_type=tf.int32)
-        index = tf.where(index < 0, top, index)
-        score, relevance = self.graph.relevance(image, index)
-        named = self._named_outputs(outputs, pre_activations)
-        named.update(target_index=index, target_score=tf.cast(score, tf.float32),
+        # One forward pass: the scores come from the same pre-activations the relevance graph explains.
+        pre_activations, index, relevance = self.graph.explain(image, index)
+        named = self._named_outputs(self.graph.outputs(pre_activations), pre_activations)
+        named.update(target_index=index, target_score=tf.cast(tf.gather(pre_activations, index, batch_dims=1), tf.float32),
                      heatmap=tf.reduce_sum(tf.cast(relevance, tf.float32), axis=-1))
         return named
+
+    def _metadata_signature(self, request: tf.Tensor) -> dict[str, tf.Tensor]:
+        # The export's psyattr.json, one copy per request row: clients learn the framing and outputs over the
+        # serving protocol itself (TF Serving's metadata call only lists signatures).
+        return {"psyattr_json": tf.fill(tf.shape(request), tf.constant(self.metadata_json))}
 
     def _target_indices(self, target: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
         """Output names, indices as text or "" (top output) to indices, -1 for the top output."""
@@ -180,8 +193,15 @@ class SignatureBuilder:
 
 def local_predictor(model: keras.Model) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
     """The `serving_default` signature run in process: images `(N, 227, 227, 3)` to the same named outputs."""
-    function = SignatureBuilder(model).functions["serving_default"]
-    return lambda images: {k: v.numpy() for k, v in sorted(function(tf.constant(images, tf.float32)).items())}
+    builder = SignatureBuilder(model)
+    function = builder.functions["serving_default"]
+    order = [key for keys in builder.heads.keys.values() for key in keys]
+
+    def predict(images: np.ndarray) -> dict[str, np.ndarray]:
+        outputs = function(tf.constant(images, tf.float32))
+        return {key: outputs[key].numpy() for key in order}
+
+    return predict
 
 
 def _warmup_records(builder: SignatureBuilder, name: str) -> list[bytes]:
@@ -210,9 +230,9 @@ def _write_warmup(path: Path, records: list[bytes]) -> None:
             writer.write(record)
 
 
-def _metadata(builder: SignatureBuilder, name: str, version: int, source: str) -> dict:
+def _metadata(builder: SignatureBuilder, name: str, version: int, source: str, framing: dict) -> dict:
     meta = {
-        "format": 1,
+        "format": 2,
         "model": name,
         "version": version,
         "source": source,
@@ -223,6 +243,7 @@ def _metadata(builder: SignatureBuilder, name: str, version: int, source: str) -
         "composite": builder.composite,
         "signatures": list(SIGNATURES),
         "image": {"shape": [None, 227, 227, 3], "dtype": "float32", "pixels": "RGB 0..255"},
+        "framing": framing,
     }
     layer = builder.scores_layer
     if layer is not None:
@@ -244,11 +265,13 @@ def export_model(
     name: str,
     version: int | None = None,
     composite: str = DEFAULT_COMPOSITE,
+    framing: str | None = FROM_MODEL,
 ) -> Path:
     """Write `models_dir/name/version/` (default version: latest + 1) and return it; never overwrites.
 
     `model` is a Keras model, a `.keras` file or a run folder. The version is written beside its
     final place and renamed into it, so that a server polling the folder never sees half a model.
+    The export records the framing its photos need: the model's own unless `framing` names another.
     """
     from psyattr.models.loading import load_model
 
@@ -266,7 +289,13 @@ def export_model(
     source = str(model) if not isinstance(model, keras.Model) else model.name
     if not isinstance(model, keras.Model):
         model = load_model(model)
+    try:
+        framing_record = resolve_framing(framing, recorded_framing(model), f"model {source}").to_json()
+    except ValueError as err:
+        raise ExportError(str(err)) from None
     builder = SignatureBuilder(model, composite)
+    meta = _metadata(builder, name, version, source, framing_record)
+    builder.metadata_json = json.dumps(meta, sort_keys=True)
 
     archive = keras.export.ExportArchive()
     for signature, function in builder.functions.items():
@@ -280,7 +309,6 @@ def export_model(
         target = staging / "model"
         archive.write_out(str(target), verbose=False)
         _write_warmup(target / ASSETS_EXTRA / WARMUP_FILE, _warmup_records(builder, name))
-        meta = _metadata(builder, name, version, source)
         (target / ASSETS_EXTRA / METADATA_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
         try:
             os.rename(target, final)  # refuses (ENOTEMPTY/EEXIST) if someone else wrote the version meanwhile

@@ -1,4 +1,4 @@
-"""The explain command: heatmaps of image files, computed here or by a served model."""
+"""The commands for photos: score them (predict) and explain them, here or by a served model."""
 
 from __future__ import annotations
 
@@ -7,75 +7,150 @@ from pathlib import Path
 import click
 
 from psyattr.cli import cli
-from psyattr.cli.options import fail, report_skipped
+from psyattr.cli.options import fail, framing_option, max_pixels_option, report_skipped
+
+FRAMING_HELP = ("How each photo is framed before it is scored [default: as the model records; none: the images are "
+                "framed already].")
+
+
+def _framing(requested, recorded, what):
+    from psyattr.faces.framing import FROM_MODEL, resolve_framing
+
+    return resolve_framing(requested if requested is not None else FROM_MODEL, recorded, what)
+
+
+def _photos(images) -> list[Path]:
+    from psyattr.data.images import list_images
+
+    paths = list_images(list(images))
+    if not paths:
+        fail(f"no images found in {', '.join(map(str, images))}")
+    return paths
 
 
 @cli.command()
 @click.option("--model", "model_spec", required=True,
-              help="A .keras file, a run folder, or a base net: age, gender (shipped weights) or age:PRESET.")
+              help="A .keras file, a run folder, or a base net: age, gender (shipped weights) or age:PRESET; with "
+                   "--server, the served model's name.")
 @click.option("--target", help="Output to explain: a name (e.g. happy, female) or an index [default: top output].")
 @click.option("--composite", default="alpha2beta1", show_default=True,
               help="LRP composite, or gradient / gradient_x_input.")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--jit/--no-jit", default=True, show_default=True, help="Compile the relevance graph with XLA.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@framing_option(FRAMING_HELP)
+@click.option("--on-original", is_flag=True, help="Also draw each heatmap warped back onto the photo as given.")
+@max_pixels_option
 @click.option("--progress/--no-progress", default=True)
-@click.option("--server", metavar="HOST:PORT", help="Ask a served model (psyattr serve or TF Serving) instead; "
-              "--model is then its served name.")
+@click.option("--server", metavar="ADDRESS", help="Ask a served model (psyattr serve or TF Serving) at HOST:PORT "
+              "instead; it explains with the composite it was exported with.")
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), default=60.0, show_default=True,
               help="Seconds per request to --server.")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--align", is_flag=True, help="Align each face to the framing of the OMI faces the attribute models "
-                                            "learned from (eyes and mouth found by the face-mesh detector).")
 @click.pass_context
-def explain(ctx, model_spec, target, composite, batch_size, jit, out, progress, images, server, timeout, align) -> None:
+def explain(ctx, model_spec, target, composite, batch_size, jit, out, framing, on_original, progress, server, timeout,
+            images) -> None:
     """Explain IMAGES (files or folders): a PNG heatmap, the relevance .npy and the scores .json per image."""
-    if server and align:
-        fail("--align aligns faces for local explanations; a served model takes the images as they are")
-    if server:
-        _explain_served(ctx, server, model_spec, target, batch_size, timeout, out, progress, images)
-        return
-    from psyattr.data.images import list_images
+    from psyattr.faces.framing import FramingError
+    from psyattr.lrp import COMPOSITES, GRADIENT_METHODS, LRPError
+    from psyattr.serving.errors import ServingError
+
+    paths = _photos(images)
+    try:
+        if server:
+            for option in ("composite", "jit"):
+                if ctx.get_parameter_source(option) != click.core.ParameterSource.DEFAULT:
+                    fail(f"--{option} applies to local explanations: a served model explains with the composite it "
+                         "was exported with")
+            written, skipped = _explain_served(server, model_spec, target, batch_size, timeout, out, framing,
+                                               on_original, progress, paths)
+            where = f"{model_spec} at {server}"
+        else:
+            if composite not in COMPOSITES and composite not in GRADIENT_METHODS:
+                fail(f"unknown composite {composite!r}: expected one of "
+                     f"{', '.join([*sorted(COMPOSITES), *GRADIENT_METHODS])}")
+            written, skipped, where = _explain_local(model_spec, target, composite, jit, batch_size, out, framing,
+                                                     on_original, progress, paths)
+    except (LRPError, ServingError, FramingError, ValueError, FileNotFoundError) as err:
+        fail(str(err))
+    report_skipped(len(paths), len(written), skipped)
+    click.echo(f"explained {len(written)} image(s) with {where} into {out}" + (f"; skipped {len(skipped)}" if skipped else ""))
+
+
+def _explain_local(model_spec, target, composite, jit, batch_size, out, framing, on_original, progress, paths):
     from psyattr.explain import explain_files
-    from psyattr.lrp import COMPOSITES, GRADIENT_METHODS, LRPError, LRPExplainer
+    from psyattr.lrp import LRPExplainer
     from psyattr.models.loading import load_model
+    from psyattr.models.weights import recorded_framing
 
-    if composite not in COMPOSITES and composite not in GRADIENT_METHODS:
-        fail(f"unknown composite {composite!r}: expected one of {', '.join([*sorted(COMPOSITES), *GRADIENT_METHODS])}")
+    model = load_model(model_spec)
+    chosen = _framing(framing, recorded_framing(model), f"model {model_spec}")
+    explainer = LRPExplainer(model, composite, jit_compile=jit)
+    if target is not None:
+        explainer.resolve_targets(target, 1)  # a bad target fails before any photo is read
+    written, skipped = explain_files(explainer, paths, out, chosen, target, batch_size, progress, on_original,
+                                     {"method": explainer.name})
+    return written, skipped, f"{explainer.name} ({chosen.name} framing)"
+
+
+def _explain_served(server, model_name, target, batch_size, timeout, out, framing, on_original, progress, paths):
+    from psyattr.explain import explain_files
+    from psyattr.serving import ExplainerClient
+
+    with ExplainerClient(server, model_name, timeout, batch_size=batch_size) as client:
+        chosen = _framing(framing, client.framing, f"served model {model_name} at {server}")
+        return explain_files(client, paths, out, chosen, target, batch_size, progress, on_original,
+                             {"server": server, "model": model_name, "signature": "explain"})
+
+
+@cli.command()
+@click.option("--model", "model_spec", required=True,
+              help="A .keras file, a run folder or a base net (age, gender, age:PRESET); with --server, the served "
+                   "model's name.")
+@click.option("--server", metavar="ADDRESS", help="Ask a served model (psyattr serve or TF Serving) at HOST:PORT.")
+@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=60.0, show_default=True,
+              help="Seconds per request to --server.")
+@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
+@framing_option(FRAMING_HELP)
+@max_pixels_option
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write one row per image: .csv (a column per output) or .json [default: JSON lines on stdout].")
+@click.option("--progress/--no-progress", default=False)
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+def predict(model_spec, server, timeout, batch_size, framing, out, progress, images) -> None:
+    """Score IMAGES (files or folders): the model's named outputs per image (and the expected age of an age net)."""
+    import json
+
+    from psyattr.faces.framing import FramingError
+    from psyattr.predict import predict_files, write_predictions
+    from psyattr.serving.errors import ServingError
+
+    if out is not None and out.suffix.lower() not in (".csv", ".json"):
+        fail(f"--out must end in .csv or .json, got {out.name}")
+    paths = _photos(images)
     try:
-        paths = list_images(list(images))
-        if not paths:
-            fail(f"no images found in {', '.join(map(str, images))}")
-        explainer = LRPExplainer(load_model(model_spec), composite, jit_compile=jit)
-        parsed_target = int(target) if target is not None and target.isdigit() else target
-        if parsed_target is not None:
-            explainer.resolve_targets(parsed_target, 1)
-        written, skipped = explain_files(explainer, paths, out, parsed_target, batch_size, progress, align)
-    except (LRPError, ValueError, FileNotFoundError) as err:
+        if server:
+            from psyattr.serving import ExplainerClient
+
+            with ExplainerClient(server, model_spec, timeout, batch_size=batch_size) as client:
+                chosen = _framing(framing, client.framing, f"served model {model_spec} at {server}")
+                records = predict_files(client.predict, paths, chosen, batch_size, progress)
+        else:
+            from psyattr.export import local_predictor
+            from psyattr.models.loading import load_model
+            from psyattr.models.weights import recorded_framing
+
+            model = load_model(model_spec)
+            chosen = _framing(framing, recorded_framing(model), f"model {model_spec}")
+            records = predict_files(local_predictor(model), paths, chosen, batch_size, progress)
+    except (ServingError, FramingError, ValueError, FileNotFoundError) as err:
         fail(str(err))
-    report_skipped(len(paths), len(written), skipped)
-    click.echo(f"explained {len(written)} image(s) with {explainer.name} into {out}"
-               + (f"; skipped {len(skipped)}" if skipped else ""))
-
-
-def _explain_served(ctx, server, model_name, target, batch_size, timeout, out, progress, images) -> None:
-    from psyattr.data.images import list_images
-    from psyattr.serving import ExplainerClient, ServingError
-    from psyattr.serving.files import explain_files
-
-    for option in ("composite", "jit"):
-        if ctx.get_parameter_source(option) != click.core.ParameterSource.DEFAULT:
-            fail(f"--{option} applies to local explanations: a served model explains with the composite it was "
-                 "exported with")
-    parsed_target = int(target) if target is not None and target.isdigit() else target
-    try:
-        paths = list_images(list(images))
-        if not paths:
-            fail(f"no images found in {', '.join(map(str, images))}")
-        with ExplainerClient(server, model_name, timeout, batch_size=batch_size) as client:
-            written, skipped = explain_files(client, paths, out, parsed_target, progress=progress)
-    except (ServingError, FileNotFoundError) as err:
-        fail(str(err))
-    report_skipped(len(paths), len(written), skipped)
-    click.echo(f"explained {len(written)} image(s) with {model_name} at {server} into {out}"
-               + (f"; skipped {len(skipped)}" if skipped else ""))
+    failed = [(Path(r["image"]), r["error"]) for r in records if "error" in r]
+    if out:
+        write_predictions(records, out)
+        click.echo(f"scored {len(records) - len(failed)} image(s) into {out} ({chosen.name} framing)", err=True)
+    else:
+        for record in records:
+            if "error" not in record:
+                click.echo(json.dumps(record))
+    report_skipped(len(paths), len(records) - len(failed), failed)

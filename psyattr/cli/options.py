@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -34,6 +35,23 @@ class DataSpec(click.ParamType):
 def framing_option(help_text: str):
     """The --framing option: how photos are framed for the model (None when not given: the model's own)."""
     return click.option("--framing", type=FRAMING, default=None, help=help_text)
+
+
+def _set_max_pixels(ctx, param, value):
+    if value is not None:
+        from PIL import Image
+
+        from psyattr.data.images import MAX_PIXELS_ENV
+
+        # The command's own process: psyattr's limit and PIL's safety check are both raised to the value.
+        os.environ[MAX_PIXELS_ENV] = str(value)
+        Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, value)
+    return value
+
+
+max_pixels_option = click.option(
+    "--max-pixels", type=click.IntRange(1), expose_value=False, callback=_set_max_pixels, envvar="PSYATTR_MAX_PIXELS",
+    help="Refuse images with more pixels than this [default: 50,000,000; large JPEGs are decoded reduced].")
 
 
 def fail(message: str) -> None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import click
 
 from psyattr.cli import cli
-from psyattr.cli.options import fail, report_skipped
+from psyattr.cli.options import fail, framing_option
 
 
 @cli.command("export")
@@ -19,18 +18,19 @@ from psyattr.cli.options import fail, report_skipped
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("saved_models"),
               show_default=True, help="Models folder: versions go to OUT/NAME/VERSION.")
 @click.option("--composite", default="alpha2beta1", show_default=True, help="LRP composite of the explain signatures.")
-def export_command(model_spec: str, name: str, version: int | None, out: Path, composite: str) -> None:
+@framing_option("The framing the export says its photos need [default: the one the model records].")
+def export_command(model_spec: str, name: str, version: int | None, out: Path, composite: str, framing) -> None:
     """Export MODEL (a run folder or .keras file) as a TF Serving version with predict and explain signatures."""
-    from psyattr.export import ExportError, export_model
+    from psyattr.export import SIGNATURES, ExportError, export_model
     from psyattr.lrp import COMPOSITES, LRPError
 
     if composite not in COMPOSITES:
         fail(f"unknown composite {composite!r}: expected one of {', '.join(sorted(COMPOSITES))}")
     try:
-        path = export_model(model_spec, out, name, version, composite)
+        path = export_model(model_spec, out, name, version, composite, framing if framing is not None else "model")
     except (ExportError, LRPError, FileExistsError, FileNotFoundError, ValueError) as err:
         fail(str(err))
-    click.echo(f"exported {name} version {path.name} to {path} (signatures serving_default, explain, explain_xla)")
+    click.echo(f"exported {name} version {path.name} to {path} (signatures {', '.join(SIGNATURES)})")
 
 
 @cli.command()
@@ -77,42 +77,3 @@ def serve(models, config, batching_parameters, host, port, poll_seconds, max_mes
     click.echo("stopped")
 
 
-@cli.command()
-@click.option("--model", "model_spec", required=True,
-              help="With --server: the served model's name; else a .keras file, a run folder or a base net.")
-@click.option("--server", metavar="HOST:PORT", help="Ask a served model (psyattr serve or TF Serving).")
-@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=60.0, show_default=True,
-              help="Seconds per request to --server.")
-@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the scores as JSON here.")
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-def predict(model_spec, server, timeout, batch_size, out, images) -> None:
-    """Score IMAGES (files or folders): the model's named outputs per image, as JSON."""
-    from psyattr.checkpoints import atomic_write_text
-    from psyattr.data.images import list_images
-    from psyattr.serving.errors import ServingError
-    from psyattr.serving.files import predict_files
-
-    try:
-        paths = list_images(list(images))
-        if not paths:
-            fail(f"no images found in {', '.join(map(str, images))}")
-        if server:
-            from psyattr.serving import ExplainerClient
-
-            with ExplainerClient(server, model_spec, timeout, batch_size=batch_size) as client:
-                records, skipped = predict_files(client.predict, paths, batch_size)
-        else:
-            from psyattr.export import local_predictor
-            from psyattr.models.loading import load_model
-
-            records, skipped = predict_files(local_predictor(load_model(model_spec)), paths, batch_size)
-    except (ServingError, ValueError, FileNotFoundError) as err:
-        fail(str(err))
-    report_skipped(len(paths), len(records), skipped)
-    if out:
-        atomic_write_text(out, json.dumps(records, indent=2))
-        click.echo(f"scored {len(records)} image(s) into {out}")
-    else:
-        for record in records:
-            click.echo(json.dumps(record))

@@ -22,7 +22,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -300,6 +300,38 @@ def frame_file(path: str | os.PathLike, framing: str | Framing | None, landmarks
     return frame_image(decode_rgb(path), framing, landmarks, detector, source=str(path))
 
 
+@dataclasses.dataclass
+class FramedBatch:
+    """One batch of photos: the positions framed, their framed faces and model inputs, and the (path, reason) failed."""
+
+    indices: list[int]
+    faces: list[FramedFace]
+    images: np.ndarray
+    failed: list[tuple[Path, str]]
+    failed_indices: list[int] = dataclasses.field(default_factory=list)
+
+
+def framed_batches(paths: Sequence[str | os.PathLike], framing: str | Framing | None, batch_size: int,
+                   detector=None) -> Iterator[FramedBatch]:
+    """Frame photos batch by batch; a photo that cannot be read or framed is named with its reason, the rest go on."""
+    paths = [Path(p) for p in paths]
+    framing = get_framing(framing)
+    for start in range(0, len(paths), batch_size):
+        batch = FramedBatch([], [], np.zeros((0, CROP_SIZE, CROP_SIZE, 3), np.float32), [])
+        for index in range(start, min(start + batch_size, len(paths))):
+            try:
+                face = frame_file(paths[index], framing, detector=detector)
+            except (ImageError, FileNotFoundError, IsADirectoryError) as err:
+                batch.failed.append((paths[index], str(err)))
+                batch.failed_indices.append(index)
+                continue
+            batch.indices.append(index)
+            batch.faces.append(face)
+        if batch.faces:
+            batch.images = np.stack([face.model_input() for face in batch.faces])
+        yield batch
+
+
 def frame_images(paths: Sequence[str | os.PathLike], framing: str | Framing | None,
                  landmarks: Sequence[Landmarks | None] | None = None, cache_dir: str | os.PathLike | None = None,
                  progress: bool = True, detector=None) -> tuple[np.ndarray, np.ndarray]:
@@ -328,5 +360,5 @@ def frame_images(paths: Sequence[str | os.PathLike], framing: str | Framing | No
 
 __all__ = [
     "DEFAULT_FRAMING", "FRAMINGS", "FROM_MODEL", "resolve_framing", "Framing", "FramedFace", "FramingError", "MIN_FACE_PIXELS", "anchor_points",
-    "detect_face_landmarks", "frame_file", "frame_image", "frame_images", "get_framing", "register_framing", "similarity_transform",
+    "FramedBatch", "detect_face_landmarks", "frame_file", "frame_image", "frame_images", "framed_batches", "get_framing", "register_framing", "similarity_transform",
 ]

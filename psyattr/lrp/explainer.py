@@ -1,27 +1,19 @@
-"""`LRPExplainer`: scores and pixel relevance for a batch of images, compiled once per batch shape."""
+"""`LRPExplainer`: scores and pixel relevance for a batch of images in one forward pass, compiled once."""
 
 from __future__ import annotations
-
-from typing import NamedTuple
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from psyattr.explanation import Explanation
 from psyattr.lrp.composites import Composite, get_composite
 from psyattr.lrp.graph import LRPError, RelevanceGraph
 from psyattr.lrp.rules import Rule
-from psyattr.models.outputs import Target, output_names, resolve_targets
+from psyattr.models.outputs import Target, check_images, output_names, resolve_targets, target_indices
 
 # Attribution methods computed through the same interface as the LRP composites, for comparison.
 GRADIENT_METHODS = ("gradient", "gradient_x_input")
-
-
-class Explanation(NamedTuple):
-    """Per image: the explained output's pre-activation score `(N,)` and its relevance `(N, H, W, C)`."""
-
-    scores: np.ndarray
-    relevance: np.ndarray
 
 
 class LRPExplainer:
@@ -43,35 +35,23 @@ class LRPExplainer:
         # One trace for any batch size; XLA compiles once per batch shape and caches it.
         self._explain_fn = tf.function(self._explain, input_signature=signature, jit_compile=jit_compile)
         self._scores_fn = tf.function(self.graph.scores, input_signature=signature[:1], jit_compile=jit_compile)
+        self._outputs_fn = tf.function(self.graph.outputs, jit_compile=False,
+                                       input_signature=[tf.TensorSpec((None, self.graph.num_outputs), tf.float32)])
 
     @property
     def name(self) -> str:
         """The composite's or method's name."""
         return self.composite.name if self.method == "lrp" else self.method
 
-    def _explain(self, images: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def _explain(self, images: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         if self.method == "lrp":
-            return self.graph.relevance(images, targets)
-        scores, gradient = self.graph.input_gradient(images, targets)
-        return scores, gradient * images if self.method == "gradient_x_input" else gradient
+            return self.graph.explain(images, targets)
+        z_all, targets, gradient = self.graph.input_gradient(images, targets)
+        return z_all, targets, gradient * images if self.method == "gradient_x_input" else gradient
 
     def check_images(self, images: np.ndarray | tf.Tensor) -> np.ndarray:
         """Validate a batch against the model input and return it as float32, or raise ValueError."""
-        array = np.asarray(images)
-        if array.dtype == np.uint8 or np.issubdtype(array.dtype, np.floating):
-            array = array.astype(np.float32, copy=False)
-        else:
-            raise ValueError(f"images must be float (or uint8) pixel values, got dtype {array.dtype}")
-        if array.ndim == len(self.input_shape):
-            raise ValueError(f"images must be a batch (N, {', '.join(map(str, self.input_shape))}), got one image "
-                             f"{array.shape}: add a batch axis (images[None])")
-        if array.ndim != len(self.input_shape) + 1 or array.shape[1:] != self.input_shape:
-            raise ValueError(f"images must have shape (N, {', '.join(map(str, self.input_shape))}), got {array.shape}")
-        if array.shape[0] == 0:
-            raise ValueError("images is an empty batch")
-        if not np.all(np.isfinite(array)):
-            raise ValueError("images contain NaN or infinite values")
-        return array
+        return check_images(images, self.input_shape, f"model {self.model.name!r}")
 
     def resolve_targets(self, target: Target, count: int, images: np.ndarray | None = None) -> np.ndarray:
         """Per-image output indices from an index, an output name, one per image, or None (the top output)."""
@@ -79,11 +59,18 @@ class LRPExplainer:
         return resolve_targets(self.output_names, target, count, top, f"model {self.model.name!r}")
 
     def __call__(self, images: np.ndarray | tf.Tensor, target: Target = None) -> Explanation:
-        """Explain `target` for each image: its pre-activation score and the relevance of every input value."""
+        """Explain `target` for each image: its pre-activation score, the relevance of every input value, the outputs."""
         array = self.check_images(images)
-        targets = self.resolve_targets(target, len(array), array)
-        scores, relevance = self._explain_fn(tf.constant(array), tf.constant(targets))
-        return Explanation(scores.numpy(), relevance.numpy())
+        # Each image's top output is found inside the graph, in the same forward pass that is explained.
+        targets = target_indices(self.output_names, target, len(array), f"model {self.model.name!r}")
+        z_all, chosen, relevance = self._explain_fn(tf.constant(array), tf.constant(targets, tf.int32))
+        z_all, chosen = z_all.numpy().astype(np.float32), chosen.numpy()
+        outputs = np.asarray(self._outputs_fn(tf.constant(z_all)), np.float32)
+        return Explanation(
+            targets=chosen, target_names=[self.output_names[i] for i in chosen],
+            scores=z_all[np.arange(len(chosen)), chosen], relevance=relevance.numpy(),
+            outputs={name: outputs[:, k] for k, name in enumerate(self.output_names)},
+            pre_activations={name: z_all[:, k] for k, name in enumerate(self.output_names)})
 
     def predict(self, images: np.ndarray | tf.Tensor) -> np.ndarray:
         """The model's own outputs `(N, outputs)` (after softmax or the score activation)."""

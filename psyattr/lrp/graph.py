@@ -121,7 +121,9 @@ class RelevanceGraph:
 
     def _find_start(self, producers: dict[int, keras.layers.Layer]) -> keras.layers.Layer:
         layer = producers.get(id(self.model.outputs[0]))
+        self.output_layers: list[keras.layers.Layer] = []
         while layer is not None and checks.is_output_activation(layer) and not checks.is_linear_layer(layer):
+            self.output_layers.insert(0, layer)
             inputs = _tensor_ids(layer.input)
             layer = producers.get(inputs[0]) if len(inputs) == 1 else None
         if layer is None or not checks.is_dense_layer(layer):
@@ -216,9 +218,29 @@ class RelevanceGraph:
         """The start layer's pre-activations `(N, outputs)`: logits or regression scores."""
         return self.forward(images)[1][self.start_layer.name]
 
+    def outputs(self, z_start: tf.Tensor) -> tf.Tensor:
+        """The model's own outputs from the start layer's pre-activations: its softmax or score layers applied."""
+        out = z_start
+        for layer in self.output_layers:
+            out = layer(out, training=False)
+        return out
+
+    def explain(self, images: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """One forward pass: all pre-activations `(N, outputs)`, the explained indices (-1: each image's top output)
+        and their relevance at the input pixels."""
+        values, pre_activations = self.forward(images)
+        z_start = pre_activations[self.start_layer.name]
+        targets = tf.where(targets < 0, tf.argmax(z_start, axis=1, output_type=tf.int32), targets)
+        return z_start, targets, self._backward(values, pre_activations, targets)
+
     def relevance(self, images: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Scores of `targets` `(N,)` and their relevance at the input pixels (the input's shape)."""
-        values, pre_activations = self.forward(images)
+        z_start, targets, relevance = self.explain(images, targets)
+        return tf.gather(z_start, targets, batch_dims=1), relevance
+
+    def _backward(self, values: dict[int, tf.Tensor], pre_activations: dict[str, tf.Tensor], targets: tf.Tensor
+                  ) -> tf.Tensor:
+        images = values[self.input_id]
         z_start = pre_activations[self.start_layer.name]
         onehot = tf.one_hot(targets, self.num_outputs, dtype=z_start.dtype)
         relevance = {self.start_layer.name: onehot * z_start}
@@ -248,13 +270,13 @@ class RelevanceGraph:
                 r_in = [a * s for a in inputs]
             for tensor_id, r in zip(node.inputs, r_in):
                 incoming[tensor_id] = incoming[tensor_id] + r if tensor_id in incoming else r
-        scores = tf.gather(z_start, targets, batch_dims=1)
-        return scores, incoming.get(self.input_id, tf.zeros_like(images))
+        return incoming.get(self.input_id, tf.zeros_like(images))
 
-    def input_gradient(self, images: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """Scores of `targets` and their gradient with respect to the input pixels."""
+    def input_gradient(self, images: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """All pre-activations, the explained indices (-1: top output) and their gradient at the input pixels."""
         with tf.GradientTape() as tape:
             tape.watch(images)
             z_start = self.scores(images)
+            targets = tf.where(targets < 0, tf.argmax(z_start, axis=1, output_type=tf.int32), targets)
             scores = tf.gather(z_start, targets, batch_dims=1)
-        return scores, tape.gradient(scores, images)
+        return z_start, targets, tape.gradient(scores, images)

@@ -15,6 +15,8 @@ INPUT_SHAPE = (INPUT_SIZE, INPUT_SIZE, 3)
 # Adience age groups, in the order of the age net's 8 outputs.
 AGE_GROUPS = ("0-2", "4-6", "8-12", "15-20", "25-32", "38-43", "48-53", "60-100")
 GENDERS = ("male", "female")
+# Midpoints (years) of the age groups, for an expected age: the sum of each group's probability times its midpoint.
+AGE_GROUP_MIDPOINTS = tuple((float(low) + float(high)) / 2 for low, high in (g.split("-") for g in AGE_GROUPS))
 CLASS_NAMES = {"age": AGE_GROUPS, "gender": GENDERS}
 TASKS = tuple(CLASS_NAMES)
 

@@ -1,11 +1,11 @@
 """Serving: the TF-Serving-compatible gRPC server for exported models, and its client."""
 
-from psyattr.serving.client import ExplainerClient, ServedExplanation
+from psyattr.serving.client import ExplainerClient
 from psyattr.serving.config import BatchingParameters, read_batching_parameters, read_model_config
 from psyattr.serving.errors import ServingError
 from psyattr.serving.server import DEFAULT_PORT, ModelServer
 
 __all__ = [
-    "DEFAULT_PORT", "BatchingParameters", "ExplainerClient", "ModelServer", "ServedExplanation", "ServingError",
+    "DEFAULT_PORT", "BatchingParameters", "ExplainerClient", "ModelServer", "ServingError",
     "read_batching_parameters", "read_model_config",
 ]

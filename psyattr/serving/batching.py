@@ -117,22 +117,42 @@ class Batcher:
                     parts.append(np.repeat(parts[0][:1], padded - rows, axis=0))
                 feeds[alias] = np.concatenate(parts) if len(parts) > 1 else parts[0]
             try:
-                outputs = self.run(feeds)
-                for alias, value in outputs.items():
-                    if np.ndim(value) == 0 or len(value) != padded:
-                        raise ServingError(grpc.StatusCode.INTERNAL,
-                                           f"batched output {alias!r} has shape {np.shape(value)}, expected "
-                                           f"{padded} rows: every output of a batched signature needs the batch axis")
-            except Exception as err:  # the error belongs to every request of the batch
-                if not isinstance(err, ServingError):
-                    log.exception("batch of %s failed", self.name)
-                for task in tasks:
-                    task.future.set_exception(err)
+                outputs = self._run_checked(feeds, padded)
+            except Exception as err:
+                if len(tasks) == 1:
+                    self._fail(tasks[0], err)
+                else:
+                    # A failed batch is run again request by request: each request gets its own answer or error,
+                    # and no error ever speaks of another request's input.
+                    for task in tasks:
+                        self._run_alone(task)
                 continue
             start = 0
             for task in tasks:
                 task.future.set_result({alias: value[start:start + task.size] for alias, value in outputs.items()})
                 start += task.size
+
+    def _run_checked(self, feeds: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+        outputs = self.run(feeds)
+        for alias, value in outputs.items():
+            if np.ndim(value) == 0 or len(value) != rows:
+                raise ServingError(grpc.StatusCode.INTERNAL,
+                                   f"batched output {alias!r} has shape {np.shape(value)}, expected "
+                                   f"{rows} rows: every output of a batched signature needs the batch axis")
+        return outputs
+
+    def _run_alone(self, task: _Task) -> None:
+        try:
+            outputs = self._run_checked(task.feeds, task.size)
+        except Exception as err:
+            self._fail(task, err)
+            return
+        task.future.set_result(outputs)
+
+    def _fail(self, task: _Task, err: Exception) -> None:
+        if not isinstance(err, ServingError):
+            log.exception("request to %s failed", self.name)
+        task.future.set_exception(err)
 
     def close(self) -> None:
         """Refuse new requests, finish the queued ones, and stop the threads."""

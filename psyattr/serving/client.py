@@ -5,30 +5,23 @@ Works the same against `tensorflow_model_server` and `psyattr serve`.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import grpc
 import numpy as np
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_service_pb2_grpc)
 
+from psyattr.explanation import Explanation
+from psyattr.models.outputs import TOP, target_indices
 from psyattr.serving.errors import ServingError
 from psyattr.serving.tensors import to_numpy
 
 # gRPC clients refuse responses over 4 MiB by default; 16 heatmaps alone are 3.3 MB.
 DEFAULT_MAX_MESSAGE_BYTES = 512 << 20
 TargetSpec = int | str | Sequence[int | str] | None
-
-
-class ServedExplanation(NamedTuple):
-    """Per image: the explained output's name, its pre-activation score, the heatmap, and all model outputs."""
-
-    targets: list[str]
-    scores: np.ndarray  # (N,)
-    heatmap: np.ndarray  # (N, 227, 227)
-    outputs: dict[str, np.ndarray]  # serving_default outputs, each (N,)
 
 
 def _images(images: np.ndarray) -> np.ndarray:
@@ -41,7 +34,12 @@ def _images(images: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
-def _targets(target: TargetSpec, count: int) -> np.ndarray:
+def _targets(target: TargetSpec, count: int, names: list[str] | None) -> np.ndarray:
+    """Targets as the `explain` signature takes them: each a name, an index as text, or "" for the top output."""
+    if names:
+        # Checked here by the rule the server and the exported graph apply, so that a bad target fails before a call.
+        indices = target_indices(names, target, count)
+        return np.array([b"" if i == TOP else names[i].encode() for i in indices], dtype=object)
     items = [target] * count if target is None or isinstance(target, (int, str, np.integer)) else list(target)
     if len(items) != count:
         raise ValueError(f"got {len(items)} targets for {count} images: give one target, or one per image")
@@ -78,6 +76,7 @@ class ExplainerClient:
             ("grpc.max_send_message_length", max_message_bytes),
         ])
         self.prediction = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self._metadata: dict | None = None
         self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
 
     def _spec(self, spec, signature: str | None = None) -> None:
@@ -120,20 +119,54 @@ class ExplainerClient:
         return {key: np.concatenate([p[key] for p in parts]) for key in sorted(parts[0])}
 
     def predict(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """`serving_default`: every named output (`score_happy`, `rating_happy`, `prob_female`, ...), each `(N,)`."""
-        return self._batched("serving_default", {"image": _images(images)})
+        """`serving_default`: every named output (`score_happy`, `rating_happy`, `prob_female`, ...), each `(N,)`.
 
-    def explain(self, images: np.ndarray, target: TargetSpec = None, xla: bool = False) -> ServedExplanation:
+        In the model's own output order where the export records it, else by name.
+        """
+        outputs = self._batched("serving_default", {"image": _images(images)})
+        order = [k for keys in (self.export_metadata() or {}).get("output_keys", {}).values() for k in keys]
+        return {key: outputs[key] for key in [*[k for k in order if k in outputs], *[k for k in outputs if k not in order]]}
+
+    def explain(self, images: np.ndarray, target: TargetSpec = None, xla: bool = False) -> Explanation:
         """Explain `target` per image (a name, an index, or None for the top output): scores and heatmaps.
 
+        `outputs` of the result are keyed by the signature's output keys (`score_happy`, `prob_female`, ...).
         `xla=True` asks for `explain_xla`, which only servers started with XLA enabled can run.
         """
         images = _images(images)
+        names = self._output_names()
         outputs = self._batched("explain_xla" if xla else "explain",
-                                {"image": images, "target": _targets(target, len(images))})
+                                {"image": images, "target": _targets(target, len(images), names)})
         targets = [t.decode() if isinstance(t, bytes) else str(t) for t in outputs.pop("target")]
         scores, heatmap = outputs.pop("target_score"), outputs.pop("heatmap")
-        return ServedExplanation(targets, scores, heatmap, outputs)
+        indices = np.asarray([names.index(t) if names and t in names else -1 for t in targets])
+        return Explanation(indices, targets, scores, heatmap, outputs)
+
+    def __call__(self, images: np.ndarray, target: TargetSpec = None) -> Explanation:
+        """`explain` as every attribution method is called."""
+        return self.explain(images, target)
+
+    def export_metadata(self) -> dict | None:
+        """The served version's `psyattr.json` (framing, outputs, scales) from its `metadata` signature, or None.
+
+        None for exports without one (made before psyattr recorded framings, or by other tools).
+        """
+        if self._metadata is None:
+            if "metadata" not in self.metadata():
+                self._metadata = {}
+            else:
+                answer = self._predict("metadata", {"request": np.array([b""], dtype=object)})[0]
+                value = answer["psyattr_json"].ravel()[0]
+                self._metadata = json.loads(value.decode() if isinstance(value, bytes) else value)
+        return self._metadata or None
+
+    @property
+    def framing(self) -> dict | None:
+        """The framing record of the served model (how its photos must be framed), or None when it records none."""
+        return (self.export_metadata() or {}).get("framing")
+
+    def _output_names(self) -> list[str] | None:
+        return (self.export_metadata() or {}).get("outputs")
 
     def metadata(self) -> dict[str, object]:
         """The served version's SignatureDefs by name (GetModelMetadata)."""

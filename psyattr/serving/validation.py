@@ -11,6 +11,7 @@ import numpy as np
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import predict_pb2
 
+from psyattr.models.outputs import parse_target
 from psyattr.serving.errors import ServingError, invalid
 from psyattr.serving.tensors import dtype_name, to_numpy
 
@@ -37,13 +38,13 @@ def _check_names(signature: meta_graph_pb2.SignatureDef, request: predict_pb2.Pr
 
 
 def _check_targets(values: np.ndarray, output_names: list[str]) -> None:
-    known = set(output_names)
+    # The rule of the exported graph itself (psyattr.models.outputs.parse_target): a request that passes here
+    # cannot fail the graph's own check, so it never spoils a batch it shares with other requests.
     for i, raw in enumerate(values.ravel()):
-        text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
-        if text == "" or text in known or (text.isdigit() and int(text) < len(output_names)):
-            continue
-        raise invalid(f"unknown target {text!r} (image {i}): give an output name, its index (0.."
-                      f"{len(output_names) - 1}) or \"\" for the top output; the outputs are {', '.join(output_names)}")
+        try:
+            parse_target(raw, output_names, "the model")
+        except ValueError as err:
+            raise invalid(f"{err} (image {i})") from None
 
 
 def validate_request(
