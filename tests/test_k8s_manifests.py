@@ -252,7 +252,8 @@ def test_the_probes_ask_for_configured_models_on_declared_ports(stack):
             address = command[command.index("--address") + 1]
             assert address == f"127.0.0.1:{stack.ports.get('grpc')}", \
                 f"{where}.exec.command --address {address} is not the gRPC port 127.0.0.1:{stack.ports.get('grpc')}"
-            names = [a for a in command[2:] if not a.startswith("--") and a != address]
+            names = [a for i, a in enumerate(command[2:], 2) if not a.startswith("--")
+                     and not (command[i - 1].startswith("--") and "=" not in command[i - 1])]
             assert sorted(names) == sorted(models), \
                 f"{where}.exec.command asks for {names}, serving/models.config configures {list(models)}"
         else:
