@@ -83,6 +83,22 @@ class RatedDataSpec(click.ParamType):
         return {"kind": kind, "path": str(Path(path).resolve())}
 
 
+class TrialRatingsSpec(click.ParamType):
+    """Single ratings as FORMAT:PATH: omi:ZIP_OR_FOLDER or csv:FILE."""
+
+    name = "FORMAT:PATH"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        kind, sep, path = str(value).partition(":")
+        if not sep or kind not in ("omi", "csv"):
+            self.fail(f"{value!r} is not FORMAT:PATH with FORMAT one of omi, csv", param, ctx)
+        if not Path(path).exists():
+            self.fail(f"{kind} ratings not found: {path}", param, ctx)
+        return kind, Path(path)
+
+
 def parse_scale(text: str | None) -> tuple[float, float] | None:
     """'1,9' to (1.0, 9.0)."""
     if text is None:
