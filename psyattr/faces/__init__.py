@@ -1,6 +1,17 @@
 """Face landmarks, face-region masks in the model-input frame, occlusion, and relevance per region."""
 
-from psyattr.faces.alignment import OMI_TEMPLATE, align_face, aligned_model_input
+from psyattr.faces.framing import (
+    DEFAULT_FRAMING,
+    FRAMINGS,
+    FROM_MODEL,
+    FramedFace,
+    Framing,
+    FramingError,
+    frame_file,
+    frame_image,
+    get_framing,
+    resolve_framing,
+)
 from psyattr.faces.detector import DetectorError, FaceBox, FaceMeshDetector, MeshResult, default_detector
 from psyattr.faces.figures import draw_regions
 from psyattr.faces.landmarks import (
@@ -17,6 +28,10 @@ from psyattr.faces.regions import REGION_NAMES, FaceRegions, build_regions, poly
 from psyattr.faces.relevance import region_shares, relevance_spread
 from psyattr.faces.sources import (
     detect_landmarks,
+    frame_item,
+    frame_rated_images,
+    framed_regions,
+    item_landmarks,
     load_original_rgb,
     regions_for_file,
     regions_for_image,
@@ -24,7 +39,8 @@ from psyattr.faces.sources import (
 )
 
 __all__ = [
-    "OMI_TEMPLATE", "align_face", "aligned_model_input",
+    "DEFAULT_FRAMING", "FRAMINGS", "FROM_MODEL", "FramedFace", "Framing", "FramingError", "frame_file", "frame_image",
+    "frame_item", "frame_rated_images", "framed_regions", "get_framing", "item_landmarks", "resolve_framing",
     "MESH", "REGION_NAMES", "STASM", "DetectorError", "FaceBox", "FaceMeshDetector", "FaceRegions", "LandmarkError",
     "Landmarks", "MeshResult", "build_regions", "default_detector", "detect_landmarks", "draw_regions",
     "load_omi_mesh", "load_original_rgb", "occlude", "polygon_mask", "read_stasm_landmarks", "region_shares",
