@@ -129,3 +129,38 @@ class EpochCheckpoint(keras.callbacks.Callback):
             return
         for old in range(1, done - self.keep + 1):
             (self.run_dir / CHECKPOINT_DIR / f"epoch_{old:03d}.keras").unlink(missing_ok=True)
+
+
+class EpochProgress(keras.callbacks.Callback):
+    """One progress bar for a whole training run: epochs done (and the batches of the current one), latest metrics."""
+
+    def __init__(self, epochs: int, initial_epoch: int, description: str, steps_per_epoch: int | None = None,
+                 shown: tuple[str, ...] = ("train_mae", "test_mae")):
+        super().__init__()
+        from tqdm.auto import tqdm
+
+        self.steps = steps_per_epoch or 1
+        self.shown = shown
+        self.by_batch = steps_per_epoch is not None
+        self.bar = tqdm(total=epochs * self.steps, initial=initial_epoch * self.steps, desc=description,
+                        unit="batch" if self.by_batch else "epoch")
+        self.epoch = initial_epoch
+
+    def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        self.epoch = epoch
+        self.bar.n = epoch * self.steps  # a batch count is exact again at each epoch's start
+        self.bar.refresh()
+
+    def on_train_batch_end(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
+        if self.by_batch:
+            self.bar.update(1)
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        logs = logs or {}
+        postfix = {"epoch": epoch + 1, **{k: f"{float(logs[k]):.4f}" for k in self.shown if k in logs}}
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.n = (epoch + 1) * self.steps
+        self.bar.refresh()
+
+    def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
+        self.bar.close()

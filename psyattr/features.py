@@ -12,6 +12,7 @@ import numpy as np
 
 from psyattr.data.cache import default_cache_dir
 from psyattr.data.pipeline import center_crops
+from psyattr.models.forward import Forward
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,9 @@ def pool5_features(model: keras.Model, images_256: np.ndarray, cache_dir: str | 
         except (OSError, ValueError, KeyError) as err:
             log.warning("ignoring unreadable feature cache %s: %s", path, err)
     crops = center_crops(images_256)
-    verbose = 1 if progress else 0
-    center = model.predict(crops, batch_size=batch_size, verbose=verbose)
-    mirrored = model.predict(crops[:, :, ::-1], batch_size=batch_size, verbose=verbose)
+    forward = Forward(model, batch_size)
+    center = forward(crops, "features" if progress else None)
+    mirrored = forward(crops[:, :, ::-1], "features of mirrored faces" if progress else None)
     try:
         cache.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}.partial.npz")

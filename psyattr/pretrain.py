@@ -14,7 +14,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from psyattr.checkpoints import EpochCheckpoint, atomic_save_model, atomic_write_text, prepare_run_dir
+from psyattr.checkpoints import EpochCheckpoint, EpochProgress, atomic_save_model, atomic_write_text, prepare_run_dir
 from psyattr.data.augment import Augmentation
 from psyattr.data.images import CROP_SIZE, center_crop
 from psyattr.data.labels import FaceRecord, labelled
@@ -22,6 +22,7 @@ from psyattr.data.pipeline import train_dataset
 from psyattr.data.splits import stratified_split
 from psyattr.faces.framing import DEFAULT_FRAMING, frame_images, get_framing
 from psyattr.models.levi_hassner import CLASS_NAMES, build_base_model, build_levi_hassner, check_task
+from psyattr.models.forward import Forward
 from psyattr.models.metrics import classification_scores, confusion_matrix, one_off_accuracy
 from psyattr.models.precision import dtype_policy, resolve_precision
 
@@ -176,18 +177,22 @@ def pretrain(
     ]
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False))
+    steps = math.ceil(len(train_x) / config.batch_size)
+    if progress:
+        callbacks.append(EpochProgress(config.epochs, initial_epoch, f"pretraining the {config.task} net", steps,
+                                       ("accuracy", "val_accuracy")))
     if initial_epoch < config.epochs:
         augmentation = Augmentation(**config.augmentation) if config.augmentation is not None else None
         model.fit(
             train_dataset(train_x, train_y.astype(np.int32), config.batch_size, config.seed + initial_epoch,
                           augmentation),
-            steps_per_epoch=math.ceil(len(train_x) / config.batch_size),
+            steps_per_epoch=steps,
             validation_data=(center_crop(val_x).astype(np.float32), val_y) if len(val_x) else None,
             validation_batch_size=config.batch_size,
             epochs=config.epochs,
             initial_epoch=initial_epoch,
             callbacks=callbacks,
-            verbose=1 if progress else 2,
+            verbose=0 if progress else 2,
             shuffle=False,
         )
     return finish_pretraining(model, run_dir, config, data)
@@ -231,8 +236,9 @@ def predict_classes(model: keras.Model, images_256: np.ndarray, batch_size: int 
                     oversample: bool = False) -> np.ndarray:
     """Class indices for 256 px uint8 images: from the centre crop, or averaged over 10 crops (`oversample`)."""
     predicted = []
+    forward = Forward(model, batch_size)
     for start in range(0, len(images_256), batch_size):
         chunk = images_256[start : start + batch_size]
-        probabilities = sum(model.predict_on_batch(view.astype(np.float32)) for view in _crops(chunk, oversample))
+        probabilities = sum(forward(view) for view in _crops(chunk, oversample))
         predicted.append(np.argmax(probabilities, axis=-1))
     return np.concatenate(predicted) if predicted else np.zeros(0, int)

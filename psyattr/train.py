@@ -19,13 +19,14 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from psyattr.checkpoints import EpochCheckpoint, atomic_save_model, atomic_write_text
+from psyattr.checkpoints import EpochCheckpoint, EpochProgress, atomic_save_model, atomic_write_text
 from psyattr.data.pipeline import center_crops, train_dataset
 from psyattr.data.rated import PAPER_SCALE, RatedFaces, RatingsError
 from psyattr.data.splits import half_split
 from psyattr.faces.framing import FROM_MODEL, get_framing, resolve_framing
 from psyattr.faces.sources import frame_rated_images
 from psyattr.features import pool5_features
+from psyattr.models.forward import Forward
 from psyattr.models.groups import FEATURES
 from psyattr.models.layers import AttributeScores
 from psyattr.models.loading import load_model
@@ -116,33 +117,20 @@ class SplitMAE(keras.callbacks.Callback):
         self.splits = splits
         self.batch_size = batch_size
         self.columns = list(columns)
+        self._forward: Forward | None = None
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if logs is None:
             return
+        if self._forward is None:
+            self._forward = Forward(self.model, self.batch_size * 4)
         for name, (inputs, targets) in self.splits.items():
-            predicted = self.model.predict(inputs, batch_size=self.batch_size * 4, verbose=0)
+            predicted = self._forward(inputs)
             errors = np.abs(np.asarray(predicted, np.float32) - targets)
             logs[f"{name}_mae"] = float(errors.mean())
             if len(self.columns) > 1:
                 for k, column in enumerate(self.columns):
                     logs[f"{name}_mae_{column}"] = float(errors[:, k].mean())
-
-
-class EpochProgress(keras.callbacks.Callback):
-    """One progress bar over the epochs, showing the latest train and test MAE (dense epochs take a second)."""
-
-    def __init__(self, epochs: int, initial_epoch: int, description: str):
-        super().__init__()
-        self.bar = tqdm(total=epochs, initial=initial_epoch, desc=description, unit="epoch")
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        logs = logs or {}
-        self.bar.set_postfix({k: f"{logs[k]:.4f}" for k in ("train_mae", "test_mae") if k in logs}, refresh=False)
-        self.bar.update(1)
-
-    def on_train_end(self, logs: dict | None = None) -> None:
-        self.bar.close()
 
 
 def _compile(model: keras.Model, config: TrainConfig, jit_compile: bool | str = "auto") -> None:
@@ -277,10 +265,12 @@ def _fit_full(make_regressor, train_images, train_y, test_crops, test_y, run_dir
     evaluation = SplitMAE({"train": (center_crops(train_images), train_y), "test": (test_crops, test_y)},
                           config.batch_size, identity["attributes"])
     callbacks = [evaluation, EpochCheckpoint(run_dir, identity, history, keep=keep)]
+    if progress:
+        callbacks.append(EpochProgress(config.epochs, initial_epoch, f"training {run_dir.name}"))
     if initial_epoch < config.epochs:
         model.fit(train_dataset(train_images, train_y, config.batch_size, config.seed + initial_epoch),
                   steps_per_epoch=math.ceil(len(train_images) / config.batch_size), epochs=config.epochs,
-                  initial_epoch=initial_epoch, shuffle=False, callbacks=callbacks, verbose=1 if progress else 2)
+                  initial_epoch=initial_epoch, shuffle=False, callbacks=callbacks, verbose=0 if progress else 2)
     return model
 
 
@@ -288,7 +278,7 @@ def evaluate_run(model: keras.Model, data: RatedFaces, out_dir: Path, columns: S
                  test_index: np.ndarray, test_crops: np.ndarray, test_y: np.ndarray) -> dict[str, Any]:
     """Score the test half per attribute; write metrics.json and predictions.csv into `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    predicted = np.asarray(model.predict(test_crops, batch_size=32, verbose=0), np.float32)
+    predicted = Forward(model, 32)(test_crops)
     metrics: dict[str, Any] = {"dataset": data.name, "scale": list(data.scale), "test_count": int(len(test_y)),
                                "attributes": {}}
     for k, column in enumerate(columns):

@@ -17,7 +17,12 @@ from psyattr.cli.options import CONTEXT, fail
 def cli(verbose: bool) -> None:
     """Predict how people judge a face and explain each prediction with a heatmap."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("psyattr").setLevel(logging.INFO)
+    logging.getLogger("psyattr").setLevel(logging.INFO if verbose else logging.WARNING)
+    if not verbose:
+        from psyattr.cli.quiet import quiet_native_logs, quiet_python_logs
+
+        quiet_native_logs()
+        quiet_python_logs()
 
 
 def main() -> None:
