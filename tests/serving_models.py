@@ -50,7 +50,8 @@ def expected_explanations(model: keras.Model, images: np.ndarray, targets, xla: 
     texts = [t.decode() if isinstance(t, bytes) else str(t) for t in targets]
     resolved = [None if t == "" else int(t) if t.isdigit() else t for t in texts]
     indices = np.concatenate([explainer.resolve_targets(t, 1, images[i:i + 1]) for i, t in enumerate(resolved)])
-    scores, relevance = explainer(images, indices)
+    explanation = explainer(images, indices)
+    scores, relevance = explanation.scores, explanation.relevance
     return [explainer.output_names[i] for i in indices], scores, relevance.sum(axis=-1)
 
 

@@ -57,7 +57,8 @@ def test_relevance_sums_to_the_logit_with_zero_biases(zero_bias_net, face_images
     # Never divide by a score near zero: explain each image's largest-magnitude logit.
     targets = np.argmax(np.abs(logits), axis=1)
     assert np.abs(logits[np.arange(4), targets]).min() > 1.0
-    scores, relevance = explainer(face_images[:4], targets)
+    explanation = explainer(face_images[:4], targets)
+    scores, relevance = explanation.scores, explanation.relevance
     np.testing.assert_allclose(scores, logits[np.arange(4), targets], rtol=1e-5)
     sums = relevance.reshape(4, -1).sum(axis=1, dtype=np.float64)
     np.testing.assert_allclose(sums, scores, rtol=1e-3)
@@ -97,7 +98,7 @@ def test_zero_pre_activation_gives_no_nan():
     model = keras.Model(inputs, outputs)
     for composite in sorted(EXPECTED_COMPOSITES - {"epsilon_gamma_box"}) + ["gradient"]:
         explainer = LRPExplainer(model, composite, jit_compile=False)
-        _, relevance = explainer(np.zeros((2, 6), np.float32), 0)
+        relevance = explainer(np.zeros((2, 6), np.float32), 0).relevance
         assert np.isfinite(relevance).all(), composite
         assert np.all(relevance == 0)
 
@@ -187,3 +188,41 @@ def test_max_pool_ties_share_relevance_the_same_way_under_xla_and_eager():
     # Each window's relevance (its max) goes to its winners, split equally between ties.
     np.testing.assert_allclose(relevance, [[0.25, 0.25, 0, 2], [0.25, 0.25, 0, 0], [3, 0, 1.25, 1.25],
                                            [0, 0, 1.25, 1.25]])
+
+
+def test_a_nested_backbone_and_head_explain_as_the_flat_model(biased_net, face_images):
+    # The backbone (conv1..drop7) as a model of its own, inside a model that adds the head.
+    backbone = keras.Model(biased_net.inputs, biased_net.get_layer("drop7").output, name="backbone")
+    inputs = keras.Input((227, 227, 3), name="photo")
+    fc8 = keras.layers.Dense(8, name="fc8")
+    nested = keras.Model(inputs, keras.layers.Softmax(name="prob")(fc8(backbone(inputs))), name="nested")
+    fc8.set_weights(biased_net.get_layer("fc8").get_weights())
+    for composite in ("alpha2beta1", "epsilon_gamma_box", "epsilon_plus_flat"):
+        flat = LRPExplainer(biased_net, composite)(face_images[:2], [0, 3])
+        inner = LRPExplainer(nested, composite)(face_images[:2], [0, 3])
+        np.testing.assert_allclose(inner.scores, flat.scores, rtol=1e-6)
+        assert np.abs(inner.relevance - flat.relevance).max() <= 1e-6 * np.abs(flat.relevance).max(), composite
+        np.testing.assert_allclose(inner.outputs["3"], flat.outputs["15-20"], rtol=1e-6)
+
+
+def test_a_layer_type_is_explained_once_an_adapter_says_how():
+    from psyattr.lrp import Identity, LayerAdapter, register_adapter
+    from psyattr.lrp.adapters import ADAPTERS
+
+    class Doubling(keras.layers.Layer):
+        def call(self, x):
+            return 2.0 * x
+
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(3, activation="relu", name="hidden")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="out")(Doubling(name="double")(hidden)))
+    with pytest.raises(LRPError, match="'double' \\(Doubling\\)"):
+        LRPExplainer(model, "epsilon", jit_compile=False)
+    register_adapter(LayerAdapter(Doubling, Identity(), sign_preserving=True))
+    try:
+        x = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+        explanation = LRPExplainer(model, "epsilon", jit_compile=False)(x, 1)
+        # Doubling is linear: relevance still sums to the score (up to the biases' share, zero here).
+        assert explanation.relevance.shape == (3, 4) and np.isfinite(explanation.relevance).all()
+    finally:
+        ADAPTERS[:] = [a for a in ADAPTERS if a.layer_type is not Doubling]

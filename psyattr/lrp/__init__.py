@@ -1,12 +1,15 @@
-"""Layer-wise Relevance Propagation: rules, composites, the relevance graph, the explainer and heatmaps."""
+"""Layer-wise Relevance Propagation: rules, composites, adapters, the relevance graph, the explainer and heatmaps."""
 
-from psyattr.lrp.composites import COMPOSITES, Composite, get_composite, register_composite
+from psyattr.lrp.adapters import LayerAdapter, adapter_for, register_adapter
+from psyattr.lrp.composites import COMPOSITES, DEFAULT_LAYER_MAP, Composite, get_composite, register_composite
 from psyattr.lrp.explainer import GRADIENT_METHODS, Explanation, LRPExplainer
 from psyattr.lrp.graph import LRPError, RelevanceGraph
-from psyattr.lrp.rules import AlphaBeta, Epsilon, Flat, Gamma, Pass, Rule, WSquare, ZBox, ZPlus
+from psyattr.lrp.rules import (AlphaBeta, Epsilon, Flat, Gamma, GradientFlow, Identity, Norm, Pass, Rule, Treatment,
+                               WinnerTakesAll, WSquare, ZBox, ZPlus)
 
 __all__ = [
-    "COMPOSITES", "GRADIENT_METHODS", "AlphaBeta", "Composite", "Epsilon", "Explanation", "Flat", "Gamma",
-    "LRPError", "LRPExplainer", "Pass", "RelevanceGraph", "Rule", "WSquare", "ZBox", "ZPlus", "get_composite",
-    "register_composite",
+    "COMPOSITES", "DEFAULT_LAYER_MAP", "GRADIENT_METHODS", "AlphaBeta", "Composite", "Epsilon", "Explanation", "Flat",
+    "Gamma", "GradientFlow", "Identity", "LRPError", "LRPExplainer", "LayerAdapter", "Norm", "Pass", "RelevanceGraph",
+    "Rule", "Treatment", "WSquare", "WinnerTakesAll", "ZBox", "ZPlus", "adapter_for", "get_composite",
+    "register_adapter", "register_composite",
 ]

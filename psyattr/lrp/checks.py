@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import keras
 
-from psyattr.models.layers import CaffeLRN, CaffePreprocess
-
 # Layers that carry weights and take an LRP rule.
 LINEAR_LAYERS = (keras.layers.Conv2D, keras.layers.Dense)
-# Element-wise layers whose relevance passes unchanged (ReLU: relevance of a zeroed unit is already 0;
-# LRN: treated as the identity, as the Caffe LRP toolbox does).
-ELEMENTWISE_PASS = (keras.layers.ReLU, CaffeLRN, keras.layers.Dropout)
-# Layers that only move, select or shift values: relevance follows their gradient (max-pooling is
-# winner-take-all; preprocessing hands relevance back to the RGB pixels).
-GRADIENT_PASS = (keras.layers.MaxPooling2D, keras.layers.Flatten, keras.layers.Reshape, CaffePreprocess,
-                 keras.layers.ZeroPadding2D, keras.layers.Cropping2D, keras.layers.Permute)
+# Element-wise layers whose relevance passes unchanged (ReLU: relevance of a zeroed unit is already 0).
+ELEMENTWISE_PASS = (keras.layers.ReLU, keras.layers.Dropout, keras.layers.SpatialDropout2D,
+                    keras.layers.GaussianDropout, keras.layers.GaussianNoise, keras.layers.AlphaDropout)
+# Layers that only move or select values: relevance follows their gradient.
+GRADIENT_PASS = (keras.layers.Flatten, keras.layers.Reshape, keras.layers.ZeroPadding2D, keras.layers.Cropping2D,
+                 keras.layers.Permute)
+# Layers after which non-negative inputs stay non-negative.
+SIGN_PRESERVING = (*ELEMENTWISE_PASS, *GRADIENT_PASS, keras.layers.MaxPooling2D)
 # Output activations that LRP starts below: the start is the pre-activation value.
 OUTPUT_ACTIVATIONS = ("softmax", "sigmoid", "linear")
 PASS_ACTIVATIONS = ("relu", "linear")
@@ -63,8 +62,18 @@ def is_elementwise_pass(layer: keras.layers.Layer) -> bool:
 
 
 def is_gradient_pass(layer: keras.layers.Layer) -> bool:
-    """Whether relevance follows `layer`'s gradient (pooling winners, reshapes, preprocessing)."""
+    """Whether relevance follows `layer`'s gradient (reshapes, flattening, padding, cropping)."""
     return isinstance(layer, GRADIENT_PASS)
+
+
+def is_max_pool(layer: keras.layers.Layer) -> bool:
+    """Whether `layer` is 2-D max-pooling on channels-last data."""
+    return isinstance(layer, keras.layers.MaxPooling2D) and layer.data_format == "channels_last"
+
+
+def is_sum(layer: keras.layers.Layer) -> bool:
+    """Whether `layer` adds its inputs."""
+    return isinstance(layer, keras.layers.Add)
 
 
 def is_nonnegative_output(layer: keras.layers.Layer) -> bool:

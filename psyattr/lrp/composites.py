@@ -10,8 +10,11 @@ from collections.abc import Callable, Mapping, Sequence
 
 import keras
 
+from psyattr.lrp import checks
+from psyattr.lrp.adapters import adapter_for
 from psyattr.lrp.checks import is_conv_layer, is_dense_layer, is_linear_layer
-from psyattr.lrp.rules import DEFAULT_STABILIZER, AlphaBeta, Epsilon, Flat, Gamma, Rule, ZBox, ZPlus
+from psyattr.lrp.rules import (DEFAULT_STABILIZER, AlphaBeta, Epsilon, Flat, Gamma, GradientFlow, Identity, Norm, Rule,
+                               Treatment, WinnerTakesAll, ZBox, ZPlus)
 
 LayerPredicate = Callable[[keras.layers.Layer, bool], bool]
 """A predicate takes the layer and whether it is the model's first linear layer."""
@@ -37,33 +40,54 @@ def linear(layer: keras.layers.Layer, is_first: bool) -> bool:
     return is_linear_layer(layer)
 
 
-class Composite:
-    """Assigns a rule to every linear layer: by layer name first, then the first matching predicate."""
+LayerTest = Callable[[keras.layers.Layer], bool]
 
-    def __init__(self, rules: Sequence[tuple[LayerPredicate, Rule]], by_name: Mapping[str, Rule] | None = None,
-                 name: str = "custom"):
+# What every composite does with layers that carry no weights (zennit's layer map), unless it says otherwise.
+DEFAULT_LAYER_MAP: tuple[tuple[LayerTest, Treatment], ...] = (
+    (checks.is_elementwise_pass, Identity()),
+    (checks.is_max_pool, WinnerTakesAll()),
+    (checks.is_sum, Norm()),
+    (checks.is_gradient_pass, GradientFlow()),
+)
+
+
+class Composite:
+    """Assigns every layer its treatment: by layer name first; a linear layer the first matching rule; any other layer
+    the composite's layer map, then its type's registered adapter, then the default layer map."""
+
+    def __init__(self, rules: Sequence[tuple[LayerPredicate, Rule]], by_name: Mapping[str, Rule | Treatment] | None = None,
+                 name: str = "custom", layer_map: Sequence[tuple[LayerTest, Treatment]] = ()):
         for predicate, rule in rules:
             if not callable(predicate) or not isinstance(rule, Rule):
                 raise TypeError(f"composite entries must be (predicate, Rule) pairs, got ({predicate!r}, {rule!r})")
         for layer_name, rule in (by_name or {}).items():
-            if not isinstance(rule, Rule):
-                raise TypeError(f"rule for layer {layer_name!r} must be a Rule, got {rule!r}")
+            if not isinstance(rule, (Rule, Treatment)):
+                raise TypeError(f"rule for layer {layer_name!r} must be a Rule or a Treatment, got {rule!r}")
+        for test, treatment in layer_map:
+            if not callable(test) or not isinstance(treatment, Treatment):
+                raise TypeError(f"layer map entries must be (test, Treatment) pairs, got ({test!r}, {treatment!r})")
         self.rules = list(rules)
         self.by_name = dict(by_name or {})
         self.name = name
+        self.layer_map = list(layer_map)
 
-    def rule_for(self, layer: keras.layers.Layer, is_first: bool) -> Rule | None:
-        """The rule for `layer`, or None when nothing matches."""
+    def rule_for(self, layer: keras.layers.Layer, is_first: bool) -> Rule | Treatment | None:
+        """The rule (linear layers) or treatment (other layers) for `layer`, or None when nothing matches."""
         if layer.name in self.by_name:
             return self.by_name[layer.name]
-        for predicate, rule in self.rules:
-            if predicate(layer, is_first):
-                return rule
-        return None
+        if is_linear_layer(layer):
+            return next((rule for predicate, rule in self.rules if predicate(layer, is_first)), None)
+        for test, treatment in self.layer_map:
+            if test(layer):
+                return treatment
+        adapter = adapter_for(layer)
+        if adapter is not None:
+            return adapter.treatment
+        return next((treatment for test, treatment in DEFAULT_LAYER_MAP if test(layer)), None)
 
-    def with_layer_rules(self, by_name: Mapping[str, Rule]) -> Composite:
+    def with_layer_rules(self, by_name: Mapping[str, Rule | Treatment]) -> Composite:
         """A copy of this composite with extra rules for named layers."""
-        return Composite(self.rules, {**self.by_name, **by_name}, self.name)
+        return Composite(self.rules, {**self.by_name, **by_name}, self.name, self.layer_map)
 
     def __repr__(self) -> str:
         return f"Composite({self.name!r}, by_name={sorted(self.by_name)})"
@@ -139,5 +163,6 @@ def epsilon_alpha2beta1_flat_composite(epsilon: float = DEFAULT_STABILIZER) -> C
 def epsilon_gamma_box_composite(epsilon: float = DEFAULT_STABILIZER, gamma: float = 0.25,
                                 low: float | Sequence[float] | None = None,
                                 high: float | Sequence[float] | None = None) -> Composite:
-    """z^B on the first layer (bounds from the preprocessing unless given), gamma on conv, epsilon on dense."""
+    """z^B on the first layer (bounds from the pixel range and the preprocessing unless given), gamma on conv,
+    epsilon on dense."""
     return Composite([(first_layer, ZBox(low, high)), (conv, Gamma(gamma)), (dense, Epsilon(epsilon))])

@@ -1,17 +1,28 @@
-"""The relevance graph: a forward pass that keeps every activation, then a reverse walk applying the rules."""
+"""The relevance graph: a forward pass that keeps every activation, then a reverse walk applying each layer's rule.
+
+The graph is read from the model's own config (the functional layout Keras saves: every layer's inbound
+tensors by layer name), so nested functional models (a backbone inside a regressor) are walked layer by
+layer as if the model were flat, and no private Keras attribute is read. Every layer gets its treatment from
+the composite: linear layers a rule, the others a treatment from its layer map, a registered adapter or the
+default layer map.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from psyattr.lrp import checks
+from psyattr.lrp.adapters import adapter_for
 from psyattr.lrp.composites import Composite
-from psyattr.lrp.rules import DEFAULT_STABILIZER, LinearOp, Rule, ZBox, stabilize
-from psyattr.models.layers import CaffePreprocess
+from psyattr.lrp.rules import LinearOp, Rule, Treatment, ZBox
+
+PIXEL_RANGE = (0.0, 255.0)
 
 
 class LRPError(ValueError):
@@ -21,13 +32,88 @@ class LRPError(ValueError):
 @dataclasses.dataclass
 class _Node:
     layer: keras.layers.Layer
-    kind: str  # "linear", "elementwise", "gradient", "add"
-    inputs: list[int]
-    output: int
+    inputs: list[str]
+    output: str
+    rule: Rule | Treatment | None = None
 
 
-def _tensor_ids(tensors) -> list[int]:
-    return [id(t) for t in keras.tree.flatten(tensors)]
+def _histories(value: Any) -> Iterator[tuple[str, int, int]]:
+    """Every (layer name, node index, tensor index) a serialised call argument refers to."""
+    if isinstance(value, dict):
+        history = value.get("config", {}).get("keras_history") if value.get("class_name") == "__keras_tensor__" else None
+        if history is not None:
+            yield str(history[0]), int(history[1]), int(history[2])
+            return
+        for item in value.values():
+            yield from _histories(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _histories(item)
+
+
+def _endpoints(spec: Any) -> list[tuple[str, int, int]]:
+    # `input_layers` / `output_layers` are [name, node, tensor] or a list of them.
+    if spec and isinstance(spec[0], str):
+        return [(str(spec[0]), int(spec[1]), int(spec[2]))]
+    return [(str(s[0]), int(s[1]), int(s[2])) for s in spec]
+
+
+def _key(prefix: str, name: str, tensor: int = 0) -> str:
+    return f"{prefix}{name}:{tensor}"
+
+
+def flatten_model(model: keras.Model, prefix: str = "") -> tuple[list[_Node], list[str], list[str]]:
+    """The model's layers in forward order with the tensors they connect (nested models expanded); its input and
+    output tensor keys."""
+    config = model.get_config()
+    if isinstance(model, keras.Sequential) or "input_layers" not in config:
+        return _flatten_sequential(model, prefix)
+    nodes: list[_Node] = []
+    alias: dict[str, str] = {}
+    resolve = lambda key: alias.get(key, key)  # noqa: E731
+    for entry in config["layers"]:
+        name = entry["name"]
+        layer = model.get_layer(name)
+        inbound = entry.get("inbound_nodes", [])
+        if checks.is_input_layer(layer):
+            continue
+        if len(inbound) != 1:
+            raise LRPError(f"layer {name!r} ({type(layer).__name__}) is called {len(inbound)} times in {model.name}: "
+                           "LRP needs each layer called once")
+        inputs = [resolve(_key(prefix, n, t)) for n, _, t in _histories(inbound[0])]
+        if isinstance(layer, keras.Model):
+            inner, inner_inputs, inner_outputs = flatten_model(layer, f"{prefix}{name}/")
+            if len(inner_inputs) != len(inputs) or len(inner_outputs) != 1:
+                raise LRPError(f"nested model {name!r} must take {len(inputs)} input(s) and give one output")
+            for inner_key, outer_key in zip(inner_inputs, inputs):
+                alias[inner_key] = outer_key
+            for node in inner:
+                node.inputs = [alias.get(k, k) for k in node.inputs]
+            nodes.extend(inner)
+            alias[_key(prefix, name)] = alias.get(inner_outputs[0], inner_outputs[0])
+            continue
+        nodes.append(_Node(layer, inputs, _key(prefix, name)))
+    inputs = [_key(prefix, n, t) for n, _, t in _endpoints(config["input_layers"])]
+    outputs = [resolve(_key(prefix, n, t)) for n, _, t in _endpoints(config["output_layers"])]
+    return nodes, inputs, outputs
+
+
+def _flatten_sequential(model: keras.Model, prefix: str) -> tuple[list[_Node], list[str], list[str]]:
+    input_key = _key(prefix, "input")
+    nodes: list[_Node] = []
+    current = input_key
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            inner, inner_inputs, inner_outputs = flatten_model(layer, f"{prefix}{layer.name}/")
+            for node in inner:
+                node.inputs = [current if k == inner_inputs[0] else k for k in node.inputs]
+            nodes.extend(inner)
+            current = inner_outputs[0]
+            continue
+        key = _key(prefix, layer.name)
+        nodes.append(_Node(layer, [current], key))
+        current = key
+    return nodes, [input_key], [current]
 
 
 def _linear_apply(layer: keras.layers.Layer) -> Callable:
@@ -43,180 +129,145 @@ def _linear_apply(layer: keras.layers.Layer) -> Callable:
     return apply
 
 
-def _classify(layer: keras.layers.Layer, is_start: bool) -> str | None:
-    if checks.is_linear_layer(layer):
-        if getattr(layer, "data_format", "channels_last") != "channels_last":
-            return None
-        if is_start or checks.activation_name(layer) in checks.PASS_ACTIVATIONS:
-            return "linear"
-        return None
-    if checks.is_elementwise_pass(layer):
-        return "elementwise"
-    if isinstance(layer, keras.layers.MaxPooling2D) and layer.data_format == "channels_last":
-        return "maxpool"
-    if checks.is_gradient_pass(layer):
-        return "gradient"
-    if isinstance(layer, keras.layers.Add):
-        return "add"
-    return None
-
-
-def _pool_padding(size: int, pool: int, stride: int, padding: str) -> tuple[int, int, int]:
-    """(output size, padding before, padding after) of one spatial axis, as Keras pools."""
-    if padding == "valid":
-        return (size - pool) // stride + 1, 0, 0
-    out = -(-size // stride)
-    total = max((out - 1) * stride + pool - size, 0)
-    return out, total // 2, total - total // 2
-
-
-def max_pool_relevance(layer: keras.layers.MaxPooling2D, a: tf.Tensor, r_out: tf.Tensor) -> tf.Tensor:
-    """Winner-take-all: each window's relevance goes to its largest input, shared equally between tied winners.
-
-    Sharing ties makes the result the same on every backend (XLA and TensorFlow's own kernels pick
-    different winners among equal values, e.g. in saturated image regions).
-    """
-    (ph, pw), (sh, sw) = layer.pool_size, layer.strides
-    height, width = a.shape[1], a.shape[2]
-    out_h, top, bottom = _pool_padding(height, ph, sh, layer.padding)
-    out_w, left, right = _pool_padding(width, pw, sw, layer.padding)
-    lowest = tf.constant(a.dtype.min, a.dtype)
-    with tf.GradientTape() as tape:
-        padded = tf.pad(a, [[0, 0], [top, bottom], [left, right], [0, 0]], constant_values=lowest)
-        tape.watch(padded)
-        views = [padded[:, dy : dy + sh * (out_h - 1) + 1 : sh, dx : dx + sw * (out_w - 1) + 1 : sw, :]
-                 for dy in range(ph) for dx in range(pw)]
-        winners = tf.reduce_max(tf.stack(views), axis=0)
-        masks = [tf.cast(tf.equal(view, winners), a.dtype) for view in views]
-        share = r_out / tf.add_n(masks)
-        total = tf.add_n([tf.reduce_sum(view * tf.stop_gradient(mask * share)) for view, mask in zip(views, masks)])
-    r_padded = tape.gradient(total, padded)
-    return r_padded[:, top : top + height, left : left + width, :]
+def _describe(layer: keras.layers.Layer) -> str:
+    activation = checks.activation_name(layer)
+    detail = f" with activation {activation!r}" if activation not in (None, "linear") else ""
+    return f"{layer.name!r} ({type(layer).__name__}{detail})"
 
 
 class RelevanceGraph:
-    """LRP over a Keras functional (or Sequential) model; each Conv2D/Dense gets its composite's rule."""
+    """LRP over a Keras model (functional or Sequential, nested models too); every layer treated as the composite says.
 
-    def __init__(self, model: keras.Model, composite: Composite):
+    `input_bounds` is the pixel range of the model's input, from which z^B derives its bounds when it is given
+    none (through the layers between the input and the first linear layer, which need adapters that map bounds).
+    """
+
+    def __init__(self, model: keras.Model, composite: Composite, input_bounds: tuple[float, float] = PIXEL_RANGE):
         if len(model.inputs) != 1 or len(model.outputs) != 1:
             raise LRPError(f"LRP needs a model with one input and one output, {model.name} has "
                            f"{len(model.inputs)} and {len(model.outputs)}")
         self.model = model
-        self.input_id = id(model.inputs[0])
-        producers: dict[int, keras.layers.Layer] = {}
-        for layer in model.layers:
-            if isinstance(layer, keras.Model):
-                raise LRPError(f"layer {layer.name!r} is a nested model ({type(layer).__name__}): "
-                               "build the model flat, with each layer called once")
-            if len(layer._inbound_nodes) > 1:
-                raise LRPError(f"layer {layer.name!r} ({type(layer).__name__}) is called "
-                               f"{len(layer._inbound_nodes)} times: LRP needs each layer called once")
-            if not checks.is_input_layer(layer):
-                producers[id(layer.output)] = layer
-        self.start_layer = self._find_start(producers)
-        self.nodes = self._collect(producers)
+        nodes, inputs, outputs = flatten_model(model)
+        self.input_id, output = inputs[0], outputs[0]
+        producers = {node.output: node for node in nodes}
+        self.start_layer, self.output_layers = self._find_start(producers, output)
+        self.nodes = self._upstream(nodes, producers)
         self.num_outputs = int(self.start_layer.units)
         self.nonnegative = self._nonnegative_inputs()
-        self.rules = self._assign_rules(composite)
+        self._assign_rules(composite, input_bounds)
 
-    def _find_start(self, producers: dict[int, keras.layers.Layer]) -> keras.layers.Layer:
-        layer = producers.get(id(self.model.outputs[0]))
-        self.output_layers: list[keras.layers.Layer] = []
-        while layer is not None and checks.is_output_activation(layer) and not checks.is_linear_layer(layer):
-            self.output_layers.insert(0, layer)
-            inputs = _tensor_ids(layer.input)
-            layer = producers.get(inputs[0]) if len(inputs) == 1 else None
-        if layer is None or not checks.is_dense_layer(layer):
+    def _find_start(self, producers: dict[str, _Node], output: str) -> tuple[keras.layers.Layer, list]:
+        node, after = producers.get(output), []
+        while node is not None and checks.is_output_activation(node.layer) and not checks.is_linear_layer(node.layer):
+            after.insert(0, node.layer)
+            node = producers.get(node.inputs[0]) if len(node.inputs) == 1 else None
+        if node is None or not checks.is_dense_layer(node.layer):
             raise LRPError(f"cannot find where to start LRP in {self.model.name}: the output must come from a Dense "
                            "layer, optionally followed by softmax/sigmoid/linear activation layers")
-        return layer
+        return node.layer, after
 
-    def _collect(self, producers: dict[int, keras.layers.Layer]) -> list[_Node]:
+    def _upstream(self, nodes: list[_Node], producers: dict[str, _Node]) -> list[_Node]:
         # Only the layers upstream of the start take part, in forward (topological) order.
-        needed, stack = set(), [self.start_layer]
+        start = next(n for n in nodes if n.layer is self.start_layer)
+        needed, stack = set(), [start]
         while stack:
-            layer = stack.pop()
-            if layer.name in needed:
+            node = stack.pop()
+            if node.output in needed:
                 continue
-            needed.add(layer.name)
-            stack.extend(producers[t] for t in _tensor_ids(layer.input) if t in producers)
-        nodes, unsupported = [], []
-        for layer in self.model.layers:
-            if layer.name not in needed or checks.is_input_layer(layer):
-                continue
-            kind = _classify(layer, layer is self.start_layer)
-            if kind is None:
-                activation = checks.activation_name(layer)
-                detail = f" with activation {activation!r}" if activation not in (None, "linear") else ""
-                unsupported.append(f"{layer.name!r} ({type(layer).__name__}{detail})")
-                continue
-            nodes.append(_Node(layer, kind, _tensor_ids(layer.input), id(layer.output)))
-        if unsupported:
-            raise LRPError(
-                f"{self.model.name} has layers without an LRP rule: {', '.join(unsupported)}; supported are Conv2D and "
-                "Dense (linear or ReLU), ReLU, MaxPooling2D, Flatten, Reshape, Dropout, Add, CaffeLRN, CaffePreprocess"
-            )
-        return nodes
+            needed.add(node.output)
+            stack.extend(producers[t] for t in node.inputs if t in producers)
+        return [node for node in nodes if node.output in needed]
 
     def _nonnegative_inputs(self) -> dict[str, bool]:
         nonneg = {self.input_id: False}
         first_inputs = {}
         for node in self.nodes:
             inputs_nonneg = all(nonneg.get(t, False) for t in node.inputs)
-            first_inputs[node.layer.name] = inputs_nonneg
+            first_inputs[node.output] = inputs_nonneg
+            adapter = adapter_for(node.layer)
             if checks.is_nonnegative_output(node.layer):
                 nonneg[node.output] = True
-            elif node.kind == "linear" or isinstance(node.layer, CaffePreprocess):
+            elif checks.is_linear_layer(node.layer):
                 nonneg[node.output] = False
             else:
-                nonneg[node.output] = inputs_nonneg
+                preserving = adapter.sign_preserving if adapter else isinstance(node.layer, checks.SIGN_PRESERVING)
+                nonneg[node.output] = inputs_nonneg and preserving
         return first_inputs
 
-    def _assign_rules(self, composite: Composite) -> dict[str, Rule]:
-        rules, first = {}, True
-        producers = {node.output: node for node in self.nodes}
+    def _assign_rules(self, composite: Composite, input_bounds: tuple[float, float]) -> None:
+        first, unsupported = True, []
         for node in self.nodes:
-            if node.kind != "linear":
+            layer = node.layer
+            is_linear = checks.is_linear_layer(layer)
+            if is_linear and (getattr(layer, "data_format", "channels_last") != "channels_last" or (
+                    layer is not self.start_layer and checks.activation_name(layer) not in checks.PASS_ACTIVATIONS)):
+                unsupported.append(_describe(layer))
                 continue
-            rule = composite.rule_for(node.layer, first)
-            first = False
-            if rule is None:
-                raise LRPError(f"composite {composite.name!r} gives no rule for layer {node.layer.name!r} "
-                               f"({type(node.layer).__name__})")
+            rule = composite.rule_for(layer, first and is_linear)
+            first = first and not is_linear
+            if rule is None or (is_linear and not isinstance(rule, Rule)):
+                unsupported.append(_describe(layer))
+                continue
             if isinstance(rule, ZBox) and rule.low is None:
-                source = producers.get(node.inputs[0])
-                if source is None or not isinstance(source.layer, CaffePreprocess):
-                    raise LRPError(f"ZBox on layer {node.layer.name!r} has no bounds and its input is not Caffe-"
-                                   "preprocessed: give ZBox(low, high) in the layer's input space")
-                mean = source.layer.bgr_mean
-                rule = rule.with_bounds([-m for m in mean], [255.0 - m for m in mean])
-            rules[node.layer.name] = rule
-        unknown = set(composite.by_name) - {n.layer.name for n in self.nodes}
+                rule = rule.with_bounds(*self._bounds_at(node, input_bounds))
+            node.rule = rule
+        if unsupported:
+            raise LRPError(
+                f"{self.model.name} has layers without an LRP rule: {', '.join(unsupported)} (composite "
+                f"{composite.name!r}); rules exist for Conv2D and Dense (linear or ReLU), and treatments for ReLU, "
+                "dropout, MaxPooling2D, Add, Flatten, Reshape, padding and cropping, and for the layer types with a "
+                "registered adapter (psyattr.lrp.adapters)")
+        names = {node.layer.name for node in self.nodes}
+        unknown = set(composite.by_name) - names
         if unknown:
             raise LRPError(f"rules given for layers not in {self.model.name}: {', '.join(sorted(unknown))}")
-        return rules
 
-    def _op(self, layer: keras.layers.Layer) -> LinearOp:
+    def _bounds_at(self, target: _Node, input_bounds: tuple[float, float]) -> tuple[list[float], list[float]]:
+        """The pixel bounds in the space `target` sees, carried from the input through the adapters' bound maps."""
+        low, high = np.asarray([input_bounds[0]], np.float64), np.asarray([input_bounds[1]], np.float64)
+        producers = {node.output: node for node in self.nodes}
+        chain, key = [], target.inputs[0]
+        while key != self.input_id:
+            node = producers.get(key)
+            if node is None or len(node.inputs) != 1:
+                break
+            chain.insert(0, node)
+            key = node.inputs[0]
+        for node in chain:
+            adapter = adapter_for(node.layer)
+            if adapter is not None and adapter.bounds is not None:
+                low, high = (np.asarray(b, np.float64) for b in adapter.bounds(node.layer, low, high))
+            elif not isinstance(node.layer, checks.ELEMENTWISE_PASS):
+                raise LRPError(f"ZBox on layer {target.layer.name!r}: cannot carry the pixel bounds through "
+                               f"{_describe(node.layer)}; give ZBox(low, high) in the layer's input space")
+        return low.tolist(), high.tolist()
+
+    def _op(self, node: _Node) -> LinearOp:
+        layer = node.layer
         bias = layer.bias.value if layer.use_bias else None
-        return LinearOp(_linear_apply(layer), layer.kernel.value, bias, self.nonnegative[layer.name])
+        return LinearOp(_linear_apply(layer), layer.kernel.value, bias, self.nonnegative[node.output])
 
-    def forward(self, images: tf.Tensor) -> tuple[dict[int, tf.Tensor], dict[str, tf.Tensor]]:
-        """Run the model up to the start layer; return every tensor by id and every linear pre-activation."""
+    def forward(self, images: tf.Tensor) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
+        """Run the model up to the start layer; return every tensor by key and every linear pre-activation."""
         values = {self.input_id: images}
         pre_activations = {}
         for node in self.nodes:
             inputs = [values[t] for t in node.inputs]
-            if node.kind == "linear":
-                z = self._op(node.layer).forward(inputs[0])
-                pre_activations[node.layer.name] = z
+            if checks.is_linear_layer(node.layer):
+                z = self._op(node).forward(inputs[0])
+                pre_activations[node.output] = z
                 values[node.output] = tf.nn.relu(z) if checks.activation_name(node.layer) == "relu" else z
             else:
                 values[node.output] = node.layer(inputs if len(inputs) > 1 else inputs[0], training=False)
         return values, pre_activations
 
+    @property
+    def _start_key(self) -> str:
+        return next(node.output for node in self.nodes if node.layer is self.start_layer)
+
     def scores(self, images: tf.Tensor) -> tf.Tensor:
         """The start layer's pre-activations `(N, outputs)`: logits or regression scores."""
-        return self.forward(images)[1][self.start_layer.name]
+        return self.forward(images)[1][self._start_key]
 
     def outputs(self, z_start: tf.Tensor) -> tf.Tensor:
         """The model's own outputs from the start layer's pre-activations: its softmax or score layers applied."""
@@ -229,7 +280,7 @@ class RelevanceGraph:
         """One forward pass: all pre-activations `(N, outputs)`, the explained indices (-1: each image's top output)
         and their relevance at the input pixels."""
         values, pre_activations = self.forward(images)
-        z_start = pre_activations[self.start_layer.name]
+        z_start = pre_activations[self._start_key]
         targets = tf.where(targets < 0, tf.argmax(z_start, axis=1, output_type=tf.int32), targets)
         return z_start, targets, self._backward(values, pre_activations, targets)
 
@@ -238,39 +289,24 @@ class RelevanceGraph:
         z_start, targets, relevance = self.explain(images, targets)
         return tf.gather(z_start, targets, batch_dims=1), relevance
 
-    def _backward(self, values: dict[int, tf.Tensor], pre_activations: dict[str, tf.Tensor], targets: tf.Tensor
+    def _backward(self, values: dict[str, tf.Tensor], pre_activations: dict[str, tf.Tensor], targets: tf.Tensor
                   ) -> tf.Tensor:
-        images = values[self.input_id]
-        z_start = pre_activations[self.start_layer.name]
+        start_key = self._start_key
+        z_start = pre_activations[start_key]
         onehot = tf.one_hot(targets, self.num_outputs, dtype=z_start.dtype)
-        relevance = {self.start_layer.name: onehot * z_start}
-        incoming: dict[int, tf.Tensor] = {}
+        incoming: dict[str, tf.Tensor] = {start_key: onehot * z_start}
         for node in reversed(self.nodes):
-            layer = node.layer
-            if layer is self.start_layer:
-                r_out = relevance[layer.name]
-            elif node.output in incoming:
-                r_out = incoming.pop(node.output)
-            else:
+            if node.output not in incoming:
                 continue  # nothing upstream of the start depends on this layer's output
+            r_out = incoming.pop(node.output)
             inputs = [values[t] for t in node.inputs]
-            if node.kind == "linear":
-                r_in = [self.rules[layer.name](self._op(layer), inputs[0], pre_activations[layer.name], r_out)]
-            elif node.kind == "elementwise":
-                r_in = [r_out]
-            elif node.kind == "maxpool":
-                r_in = [max_pool_relevance(layer, inputs[0], r_out)]
-            elif node.kind == "gradient":
-                with tf.GradientTape() as tape:
-                    tape.watch(inputs[0])
-                    out = layer(inputs[0], training=False)
-                r_in = [tape.gradient(out, inputs[0], output_gradients=r_out)]
-            else:  # add: each summand's share of the sum
-                s = r_out / stabilize(values[node.output], DEFAULT_STABILIZER)
-                r_in = [a * s for a in inputs]
-            for tensor_id, r in zip(node.inputs, r_in):
-                incoming[tensor_id] = incoming[tensor_id] + r if tensor_id in incoming else r
-        return incoming.get(self.input_id, tf.zeros_like(images))
+            if checks.is_linear_layer(node.layer):
+                r_in = [node.rule(self._op(node), inputs[0], pre_activations[node.output], r_out)]
+            else:
+                r_in = node.rule(node.layer, inputs, values[node.output], r_out)
+            for key, r in zip(node.inputs, r_in):
+                incoming[key] = incoming[key] + r if key in incoming else r
+        return incoming.get(self.input_id, tf.zeros_like(values[self.input_id]))
 
     def input_gradient(self, images: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """All pre-activations, the explained indices (-1: top output) and their gradient at the input pixels."""
@@ -280,3 +316,13 @@ class RelevanceGraph:
             targets = tf.where(targets < 0, tf.argmax(z_start, axis=1, output_type=tf.int32), targets)
             scores = tf.gather(z_start, targets, batch_dims=1)
         return z_start, targets, tape.gradient(scores, images)
+
+    @property
+    def rules(self) -> dict[str, Rule | Treatment]:
+        """Each layer's rule or treatment, by layer name."""
+        return {node.layer.name: node.rule for node in self.nodes}
+
+
+def layer_rules(model: keras.Model, composite: Composite) -> Sequence[tuple[str, str]]:
+    """(layer name, rule or treatment) for every layer LRP walks: what a composite does with a model."""
+    return [(name, repr(rule)) for name, rule in RelevanceGraph(model, composite).rules.items()]

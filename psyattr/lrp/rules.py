@@ -247,3 +247,90 @@ class Pass(Rule):
         if a.shape.rank is not None and z.shape.rank is not None and a.shape[1:] != z.shape[1:]:
             raise ValueError(f"Pass needs equal input and output shapes, got {a.shape} and {z.shape}")
         return r
+
+
+class Treatment:
+    """Base class of what a layer without weights does with relevance: `treatment(layer, inputs, output, r)`.
+
+    Returns one relevance tensor per input of the layer.
+    """
+
+    def __call__(self, layer, inputs: list[tf.Tensor], output: tf.Tensor, r: tf.Tensor) -> list[tf.Tensor]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other)
+
+    def __hash__(self) -> int:
+        return hash(type(self).__name__)
+
+
+class Identity(Treatment):
+    """Relevance passes unchanged, element by element (ReLU, dropout at inference, normalisations treated as identity)."""
+
+    def __call__(self, layer, inputs, output, r):
+        return [r]
+
+
+class GradientFlow(Treatment):
+    """Relevance follows the layer's gradient: reshapes, flattening, padding, cropping, shifts of the input."""
+
+    def __call__(self, layer, inputs, output, r):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs[0])
+            out = layer(inputs[0], training=False)
+        return [tape.gradient(out, inputs[0], output_gradients=r)]
+
+
+class Norm(Treatment):
+    """A sum (e.g. `Add`) hands each summand its share of the sum's relevance."""
+
+    def __init__(self, stabilizer: float = DEFAULT_STABILIZER):
+        self.stabilizer = _check_nonnegative("stabilizer", stabilizer)
+
+    def __call__(self, layer, inputs, output, r):
+        s = r / stabilize(output, self.stabilizer)
+        return [a * s for a in inputs]
+
+
+class WinnerTakesAll(Treatment):
+    """Max-pooling: each window's relevance goes to its largest input, shared equally between tied winners.
+
+    Sharing ties makes the result the same on every backend (XLA and TensorFlow's own kernels pick
+    different winners among equal values, e.g. in saturated image regions).
+    """
+
+    def __call__(self, layer, inputs, output, r):
+        return [max_pool_relevance(layer, inputs[0], r)]
+
+
+def _pool_padding(size: int, pool: int, stride: int, padding: str) -> tuple[int, int, int]:
+    """(output size, padding before, padding after) of one spatial axis, as Keras pools."""
+    if padding == "valid":
+        return (size - pool) // stride + 1, 0, 0
+    out = -(-size // stride)
+    total = max((out - 1) * stride + pool - size, 0)
+    return out, total // 2, total - total // 2
+
+
+def max_pool_relevance(layer, a: tf.Tensor, r_out: tf.Tensor) -> tf.Tensor:
+    """Winner-take-all relevance through a 2-D max-pooling layer (channels last), ties shared equally."""
+    (ph, pw), (sh, sw) = layer.pool_size, layer.strides
+    height, width = a.shape[1], a.shape[2]
+    out_h, top, bottom = _pool_padding(height, ph, sh, layer.padding)
+    out_w, left, right = _pool_padding(width, pw, sw, layer.padding)
+    lowest = tf.constant(a.dtype.min, a.dtype)
+    with tf.GradientTape() as tape:
+        padded = tf.pad(a, [[0, 0], [top, bottom], [left, right], [0, 0]], constant_values=lowest)
+        tape.watch(padded)
+        views = [padded[:, dy : dy + sh * (out_h - 1) + 1 : sh, dx : dx + sw * (out_w - 1) + 1 : sw, :]
+                 for dy in range(ph) for dx in range(pw)]
+        winners = tf.reduce_max(tf.stack(views), axis=0)
+        masks = [tf.cast(tf.equal(view, winners), a.dtype) for view in views]
+        share = r_out / tf.add_n(masks)
+        total = tf.add_n([tf.reduce_sum(view * tf.stop_gradient(mask * share)) for view, mask in zip(views, masks)])
+    r_padded = tape.gradient(total, padded)
+    return r_padded[:, top : top + height, left : left + width, :]

@@ -26,7 +26,9 @@ SHOWN = 40  # characters of a user's input quoted back in an error
 
 def shown(text: object) -> str:
     """A user's input as quoted in an error message: cut to a short prefix, so that no message echoes a whole input."""
-    text = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+    if not isinstance(text, (str, bytes)):
+        return str(text)[:SHOWN]
+    text = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
     return repr(text if len(text) <= SHOWN else text[:SHOWN] + "...") + (f" ({len(text)} characters)"
                                                                           if len(text) > SHOWN else "")
 
@@ -105,7 +107,7 @@ def check_images(images, input_shape: Sequence[int] = (227, 227, 3), what: str =
     if array.shape == input_shape:
         raise ValueError(f"images must be a batch {shape}, got one image {array.shape}: add a batch axis (images[None])")
     if array.ndim != len(input_shape) + 1 or array.shape[1:] != input_shape:
-        raise ValueError(f"images must have shape {shape} (RGB, 0..255) for {what}, got {array.shape}")
+        raise ValueError(f"images must have shape {shape}, got {array.shape}: RGB pixels 0..255 for {what}")
     if len(array) == 0:
         raise ValueError("images is an empty batch")
     array = array.astype(np.float32, copy=False)
