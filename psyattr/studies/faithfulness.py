@@ -12,7 +12,7 @@ from psyattr.studies.common import StudyModel, model_inputs, write_summary
 from psyattr.studies.quality import (
     plot_perturbation_curves,
     quality_table_markdown,
-    run_quality_study,
+    run_region_perturbation,
     write_quality_table,
 )
 
@@ -26,7 +26,7 @@ def faithfulness_study(entry: StudyModel, data: RatedFaces, attribute: str, indi
     out_dir.mkdir(parents=True, exist_ok=True)
     images, _ = model_inputs([data.paths[i] for i in indices])
     k = entry.attribute_index(attribute, data)
-    results = run_quality_study(entry.model, images, k, methods, steps=steps, patch=patch, seed=seed,
+    results = run_region_perturbation(entry.model, images, k, methods, steps=steps, patch=patch, seed=seed,
                                 progress=progress)
     figure = plot_perturbation_curves(results, out_dir / "perturbation_curves.png",
                                       f"{entry.label}, {attribute}: most relevant {patch}x{patch} patches first")
