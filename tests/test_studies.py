@@ -89,6 +89,9 @@ def test_same_labelled_models_are_told_apart_and_paper_names_map_to_the_runs_col
 def test_runs_are_studied_on_the_faces_they_held_out(study_models, omi):
     held_out = StudyInputs.of(study_models, omi).held_out
     assert list(held_out.ids) == study_models[0].run.test_ids and held_out.note is None
+    names = [m.run.name for m in study_models]
+    assert held_out.first(10).describe() == (f"Test faces: the first 10 of the 502 faces that runs {names[0]} and "
+                                             f"{names[1]} held out in training (their split.json).")
     assert [omi.ids[i] for i in held_out.indices] == list(held_out.ids)
     with pytest.raises(ValueError, match="trained with --seed 0, not 3"):
         StudyInputs.of(study_models, omi, seed=3)
@@ -379,7 +382,7 @@ def test_a_run_is_studied_on_its_own_test_faces_and_another_seed_is_refused(tmp_
     assert studied.exit_code == 0, studied.output
     numbers = json.loads((tmp_path / "heatmaps" / "summary.json").read_text())["numbers"]
     assert numbers["test_faces"]["ids"] == test_ids and numbers["shown"] == test_ids
-    assert f"run {run.name} held out in training" in numbers["test_faces"]["source"]
+    assert numbers["test_faces"]["source"] == f"faces that run {run.name} held out in training (its split.json)"
 
     refused = CliRunner().invoke(cli, ["study", "occlusion", "--model", str(run), *data, "--seed", "0",
                                        "--out", str(tmp_path / "occlusion")])

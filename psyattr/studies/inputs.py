@@ -32,12 +32,17 @@ DEFAULT_SEED = 0  # the split seed of models that are bare .keras files, as trai
 
 @dataclasses.dataclass(frozen=True)
 class HeldOutFaces:
-    """The faces a study uses: positions in the data, their ids, how they were chosen, and what to say about it."""
+    """The faces a study uses: positions in the data, their ids, how they were chosen, and what to say about it.
+
+    `source` says which faces they are ("faces that run X held out in training ..."); `of` is how many there were
+    before `first` kept only some.
+    """
 
     indices: np.ndarray
     ids: tuple[str, ...]
     source: str
     note: str | None = None
+    of: int | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -46,27 +51,37 @@ class HeldOutFaces:
         """The first `limit` of these faces (all of them for None)."""
         if not limit or limit >= len(self):
             return self
-        return dataclasses.replace(self, indices=self.indices[:limit], ids=self.ids[:limit],
-                                   source=f"the first {limit} of {len(self)}: {self.source}")
+        return dataclasses.replace(self, indices=self.indices[:limit], ids=self.ids[:limit], of=self.of or len(self))
 
     def describe(self) -> str:
         """One or two sentences for a study's summary."""
-        return f"Test faces: {self.source}." + (f" {self.note}" if self.note else "")
+        which = f"the first {len(self)} of the {self.of}" if self.of else f"the {len(self)}"
+        return f"Test faces: {which} {self.source}." + (f" {self.note}" if self.note else "")
 
     def to_summary(self) -> dict:
         """The faces as summary.json records them."""
-        return {"count": len(self), "source": self.source, "note": self.note, "ids": list(self.ids)}
+        return {"count": len(self), "of": self.of or len(self), "source": self.source, "note": self.note,
+                "ids": list(self.ids)}
 
 
-def _part(entry: StudyModel, data: RatedFaces, seed: int | None) -> tuple[list[str], str]:
-    """(ids, how they were chosen) of the faces one model held out."""
+def _part(entry: StudyModel, data: RatedFaces, seed: int | None) -> tuple[list[str], str | None, int | None]:
+    """The ids of the faces one model held out, and the run they come from or the seed of the half split."""
     run = entry.run
     if run is not None:
         run.check_seed(seed)
         if seed is None or (run.path / SPLIT_FILE).exists():
-            return run.test_ids, f"run {run.name} held out in training ({SPLIT_FILE})"
+            return run.test_ids, run.name, None
     used = DEFAULT_SEED if seed is None else seed
-    return [data.ids[i] for i in half_split(len(data), used)[1]], f"the test half of the 50/50 split (seed {used})"
+    return [data.ids[i] for i in half_split(len(data), used)[1]], None, used
+
+
+def _source(runs: Sequence[str], seeds: Sequence[int]) -> str:
+    parts = []
+    if runs:
+        parts.append(f"faces that run {runs[0]} held out in training (its {SPLIT_FILE})" if len(runs) == 1 else
+                     f"faces that runs {', '.join(runs[:-1])} and {runs[-1]} held out in training (their {SPLIT_FILE})")
+    parts += [f"faces of the test half of the 50/50 split (seed {seed})" for seed in seeds]
+    return "; ".join(parts)
 
 
 def held_out_faces(models: Sequence[StudyModel], data: RatedFaces, seed: int | None = None) -> HeldOutFaces:
@@ -79,20 +94,20 @@ def held_out_faces(models: Sequence[StudyModel], data: RatedFaces, seed: int | N
     if not models:
         raise ValueError("give at least one model")
     parts = [(entry.label, *_part(entry, data, seed)) for entry in models]
+    runs = list(dict.fromkeys(run for _, _, run, _ in parts if run is not None))
+    seeds = list(dict.fromkeys(used for _, _, _, used in parts if used is not None))
     first = parts[0][1]
-    hows = list(dict.fromkeys(how for _, _, how in parts))
-    source = "; ".join(hows)
     note = None
-    if any(set(ids) != set(first) for _, ids, _ in parts[1:]):
-        common = set.intersection(*(set(ids) for _, ids, _ in parts))
-        counts = ", ".join(f"{label}: {len(ids)}" for label, ids, _ in parts)
+    if any(set(ids) != set(first) for _, ids, _, _ in parts[1:]):
+        common = set.intersection(*(set(ids) for _, ids, _, _ in parts))
+        counts = ", ".join(f"{label}: {len(ids)}" for label, ids, _, _ in parts)
         if not common:
             raise ValueError(f"the models share no held-out face ({counts}): each one's test faces are another's "
                              "training faces; study them one at a time")
         first = [item for item in first if item in common]
         note = (f"The models held out different faces ({counts}): the {len(first)} faces that all of them held out "
                 "are used.")
-    return HeldOutFaces(data.index_of(first), tuple(first), source, note)
+    return HeldOutFaces(data.index_of(first), tuple(first), _source(runs, seeds), note)
 
 
 @dataclasses.dataclass(frozen=True)
