@@ -14,7 +14,7 @@ import numpy as np
 from psyattr.data.fetch import find_omi
 from psyattr.data.rated import PAPER_ATTRIBUTES, read_omi
 from psyattr.grid import collect_runs, plot_fig3, run_grid, write_table1
-from psyattr.studies.common import load_study_model, model_inputs, held_out_faces
+from psyattr.studies.registry import STUDIES
 
 EXPRESSIONS_FOLDER = "yalefaces_expressions"
 
@@ -67,37 +67,25 @@ def run_demo(out_dir: str | os.PathLike, data: str | os.PathLike | None = None, 
     table, _ = write_table1(runs, grid_dir)
     plot_fig3(runs, grid_dir / "fig3_learning_curves.png")
     steps.outputs["table1"] = table
+    from psyattr.studies.inputs import StudyInputs
+    from psyattr.studies.models import load_study_model
+
     models = [load_study_model(grid_dir / f"{base}_dense_joint") for base in ("age", "gender")]
-    test = held_out_faces(faces)
-
-    from psyattr.studies.comparison import comparison_study
-    from psyattr.studies.expressions import expression_study
-    from psyattr.studies.faithfulness import faithfulness_study
-    from psyattr.studies.heatmaps import heatmap_study
-    from psyattr.studies.occlusion import occlusion_study
-
-    steps.run("explaining test faces (LRP heatmaps, one scale per attribute)",
-              lambda: heatmap_study(models, faces, PAPER_ATTRIBUTES, test[:5], out_dir / "heatmaps"))
-    chosen = test[:occlusion_faces] if occlusion_faces else test
-    steps.outputs["occlusion"] = steps.run(
-        f"occlusion test on {len(chosen)} test faces (mouth, right eye, both eyes)",
-        lambda: occlusion_study(models, faces, "happy", chosen, out_dir / "occlusion"))
+    inputs = StudyInputs.of(models, faces)  # the faces both runs held out, framed once per framing
     expressions = find_expressions(Path(omi).parent)
-    if expressions is not None:
-        steps.outputs["expressions"] = steps.run(
-            f"expression pairs from {expressions}",
-            lambda: expression_study(models, expressions, out_dir / "expressions", "happy"))
-    else:
-        echo(f"no {EXPRESSIONS_FOLDER} folder beside OMI or under PSYATTR_DATA_DIR: expression pairs skipped")
-    steps.outputs["comparison"] = steps.run(
-        "comparing the age- and gender-based models",
-        lambda: comparison_study(models, faces, "happy", test[:64], out_dir / "comparison"))
-    steps.outputs["quality"] = steps.run(
-        f"explanation quality (region perturbation) on {quality_faces} faces",
-        lambda: faithfulness_study(models[0], faces, "happy", test[:quality_faces], out_dir / "quality", steps=20))
+    plan = study_plan(inputs, expressions, occlusion_faces, quality_faces)
+    for study in STUDIES:
+        if study.name not in plan:
+            echo(f"no {EXPRESSIONS_FOLDER} folder beside OMI or under PSYATTR_DATA_DIR: {study.name} skipped")
+            continue
+        study_inputs, options, what = plan[study.name]
+        steps.outputs[study.name] = steps.run(
+            f"{study.title}: {what}",
+            lambda study=study, study_inputs=study_inputs, options=options: study.run(
+                study_inputs, out_dir / study.folder, **options))
     if serve:
         steps.outputs["serving"] = steps.run("exporting the age-based model and asking the served model over gRPC",
-                                             lambda: serve_and_ask(models[0], faces, test[:2], out_dir))
+                                             lambda: serve_and_ask(inputs, out_dir))
     from psyattr.studies.report import write_report
 
     report, missing = write_report(out_dir, "psyattr demo: face judgements explained")
@@ -112,16 +100,39 @@ def run_demo(out_dir: str | os.PathLike, data: str | os.PathLike | None = None, 
     return steps.outputs
 
 
-def serve_and_ask(entry, faces, indices, out_dir: Path) -> dict[str, Any]:
-    """Export `entry`, start the embedded TF-Serving-compatible server, send one real explain request."""
+def study_plan(inputs, expressions: Path | None, occlusion_faces: int | None,
+               quality_faces: int) -> dict[str, tuple[Any, dict[str, Any], str]]:
+    """Per registered study the demo runs: its inputs, its options, and what the step does (for the log)."""
+    held_out = len(inputs.held_out)
+    plan = {
+        "heatmaps": (inputs, {"attributes": PAPER_ATTRIBUTES, "limit": 5}, "5 test faces, the four attributes"),
+        "occlusion": (inputs, {"attribute": "happy", "limit": occlusion_faces},
+                      f"{min(occlusion_faces or held_out, held_out)} test faces (mouth, right eye, both eyes)"),
+        "comparison": (inputs, {"attribute": "happy", "limit": 64}, "the age- and gender-based models"),
+        "quality": (inputs.with_models(inputs.models[:1]),
+                    {"attribute": "happy", "limit": quality_faces, "steps": 20},
+                    f"the age-based model on {quality_faces} faces"),
+    }
+    if expressions is not None:
+        plan["expressions"] = (inputs, {"pairs": expressions, "attribute": "happy"}, f"pairs from {expressions}")
+    unknown = set(plan) - {study.name for study in STUDIES}
+    if unknown:
+        raise ValueError(f"the demo plans studies the registry does not hold: {', '.join(sorted(unknown))}")
+    return plan
+
+
+def serve_and_ask(inputs, out_dir: Path) -> dict[str, Any]:
+    """Export the first model, start the embedded TF-Serving-compatible server, send one real explain request."""
+    from psyattr.attribution import build_explainer
     from psyattr.export import export_model
-    from psyattr.lrp import LRPExplainer
     from psyattr.serving.client import ExplainerClient
     from psyattr.serving.server import ModelServer
 
+    entry = inputs.models[0]
     models_dir = out_dir / "saved_models"
     version = export_model(entry.model, models_dir, "psyattr_demo_age")
-    images, _ = model_inputs([faces.paths[i] for i in indices])
+    _, usable = inputs.faces(2)
+    images = usable.images(entry)  # framed as the model records, as the served client frames photos
     # XLA stays on: the embedded server would otherwise switch it off for this whole process.
     server = ModelServer(models_dir, port=0, xla_cpu_compilation_enabled=True).start()
     try:
@@ -129,8 +140,9 @@ def serve_and_ask(entry, faces, indices, out_dir: Path) -> dict[str, Any]:
             served = client.explain(images, "happy")
     finally:
         server.stop(grace=5)
-    local = LRPExplainer(entry.model, "alpha2beta1", jit_compile=False)(images, entry.attribute_index("happy"))
-    difference = float(np.abs(served.heatmap - local.relevance.sum(-1)).max() / np.abs(local.relevance.sum(-1)).max())
+    # The export's explain signature is traced without XLA: so is the local explanation it is compared with.
+    local = build_explainer(entry.model, "alpha2beta1", jit_compile=False)(images, entry.attribute_index("happy"))
+    difference = float(np.abs(served.heatmap - local.heatmap).max() / np.abs(local.heatmap).max())
     return {"export": str(version), "address": server.address, "scores": np.asarray(served.scores).tolist(),
             "max_relative_heatmap_difference": difference}
 
@@ -160,20 +172,19 @@ def summarise(outputs: dict[str, Any], out_dir: Path, seconds: float) -> str:
     lines.append(f"  models:        {out_dir / 'grid'}/<base>_dense_joint/model.keras")
     occlusion = outputs.get("occlusion")
     if occlusion:
-        for label, result in occlusion["models"].items():
-            changes = ", ".join(f"{name.replace('_', ' ')} {r['mean_change']:+.1f}" for name, r in result["regions"].items())
-            lines.append(f"  occlusion ({label}): happiness change {changes} (0-100 scale)")
+        for m in occlusion.models.values():
+            changes = ", ".join(f"{name.replace('_', ' ')} {r.mean_change:+.1f}" for name, r in m.regions.items())
+            lines.append(f"  occlusion ({m.label}): happiness change {changes} (0-100 scale)")
     expressions = outputs.get("expressions")
     if expressions:
-        for label, result in expressions["models"].items():
-            lines.append(f"  expressions ({label}): mouth share happy {result['happy']['shares']['mouth']:.1%} vs sad "
-                         f"{result['sad']['shares']['mouth']:.1%}; scored happier when happy in "
-                         f"{result['happier_when_happy']:.0%} of pairs")
+        for m in expressions.models.values():
+            lines.append(f"  expressions ({m.label}): mouth share happy {m.happy.shares['mouth']:.1%} vs sad "
+                         f"{m.sad.shares['mouth']:.1%}; scored happier when happy in {m.happier_when_happy:.0%} of "
+                         "pairs")
     if outputs.get("comparison"):
-        lines.append(f"  base models:   {outputs['comparison']['verdict']}")
+        lines.append(f"  base models:   {outputs['comparison'].verdict}")
     if outputs.get("quality"):
-        ranked = sorted(outputs["quality"].items(), key=lambda item: -item[1]["aopc"])
-        lines.append("  AOPC:          " + ", ".join(f"{name} {v['aopc']:.3f}" for name, v in ranked))
+        lines.append("  AOPC:          " + ", ".join(f"{m.name} {m.aopc_mean:.3f}" for m in outputs["quality"].ranking))
     serving = outputs.get("serving")
     if serving:
         lines.append(f"  served model:  {serving['export']} answered on {serving['address']}; heatmap differs from "

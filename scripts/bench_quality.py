@@ -23,8 +23,8 @@ import tensorflow as tf
 from psyattr.models import build_base_model
 from psyattr.models.loading import load_model
 from psyattr.models.weights import randomize_weights
-from psyattr.studies.attribution import build_attribution_method, build_score_function, method_names
-from psyattr.studies.quality import plot_perturbation_curves, quality_table_markdown, run_quality_study
+from psyattr.attribution import build_explainer, build_score_function, method_names
+from psyattr.studies.quality import plot_perturbation_curves, quality_table_markdown, run_region_perturbation
 from benchdata import faces
 
 
@@ -49,7 +49,7 @@ def main() -> None:
     methods, setup = {}, {}
     for name in names:
         start = time.perf_counter()
-        methods[name] = build_attribution_method(model, name, smooth_samples=args.smooth_samples)
+        methods[name] = build_explainer(model, name, smooth_samples=args.smooth_samples)
         methods[name](images, targets)  # trace and compile
         setup[name] = time.perf_counter() - start
     score_fn = build_score_function(model)
@@ -70,7 +70,7 @@ def main() -> None:
 
     if args.study_steps:
         start = time.perf_counter()
-        results = run_quality_study(model, images, targets, names, steps=args.study_steps, patch=args.patch,
+        results = run_region_perturbation(model, images, targets, names, steps=args.study_steps, patch=args.patch,
                                     batch_size=args.batch, smooth_samples=args.smooth_samples)
         print(f"\nstudy: {results.describe()} in {time.perf_counter() - start:.0f} s\n")
         print(quality_table_markdown(results))

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 
 import keras
 import numpy as np
 import pytest
 
+from psyattr.attribution import build_explainer, build_score_function, method_names, preactivation_model
+from psyattr.explanation import Explanation
 from psyattr.lrp import COMPOSITES
 from psyattr.models.layers import CaffePreprocess
 from psyattr.models.regressor import build_attribute_regressor
-from psyattr.studies.attribution import (
-    build_attribution_method, build_score_function, method_names, preactivation_model, resolve_targets,
-)
 from psyattr.studies.perturbation import aopc, patch_grid, patch_order, perturbation_curves, perturbation_values
 from psyattr.studies.quality import (
-    plot_perturbation_curves, quality_table_csv, quality_table_markdown, run_quality_study, write_quality_table,
+    plot_perturbation_curves, quality_table_csv, quality_table_markdown, run_region_perturbation, write_quality_table,
 )
 from tests.test_lrp_explainer import random_net, spread_head
 
@@ -86,11 +86,16 @@ def images() -> np.ndarray:
 @pytest.fixture(scope="module")
 def study(quadrant_model, images):
     """Every method plus an anti-explanation (least relevant first) on the quadrant net."""
-    epsilon = build_attribution_method(quadrant_model, "epsilon", jit_compile=False)
-    methods = {name: build_attribution_method(quadrant_model, name, jit_compile=False, smooth_samples=4)
+    epsilon = build_explainer(quadrant_model, "epsilon", jit_compile=False)
+    methods = {name: build_explainer(quadrant_model, name, jit_compile=False, smooth_samples=4)
                for name in method_names()}
-    methods["epsilon_reversed"] = lambda x, t: -epsilon(x, t)
-    return run_quality_study(quadrant_model, images, 0, methods, steps=12, patch=15, batch_size=6)
+    methods["epsilon_reversed"] = lambda x, t: negated(epsilon(x, t))
+    return run_region_perturbation(quadrant_model, images, 0, methods, steps=12, patch=15, batch_size=6)
+
+
+def negated(explanation: Explanation) -> Explanation:
+    """The same explanation with every relevance value's sign flipped: least relevant first."""
+    return dataclasses.replace(explanation, relevance=-explanation.relevance)
 
 
 def test_patches_tile_a_centred_grid_of_equal_squares():
@@ -174,7 +179,7 @@ def test_explanations_of_a_model_that_sees_one_quadrant_beat_random(study, quadr
 
 
 def test_the_same_seed_gives_the_same_numbers_in_any_batch_size(quadrant_model, images):
-    run = lambda seed, batch: run_quality_study(quadrant_model, images[:4], 0, ["random", "epsilon"], steps=4,
+    run = lambda seed, batch: run_region_perturbation(quadrant_model, images[:4], 0, ["random", "epsilon"], steps=4,
                                                 patch=15, seed=seed, batch_size=batch, jit_compile=False)
     first, again, other = run(0, 4), run(0, 3), run(1, 4)
     for name in ("random", "epsilon"):
@@ -183,7 +188,7 @@ def test_the_same_seed_gives_the_same_numbers_in_any_batch_size(quadrant_model, 
 
 
 def test_mean_perturbation_and_per_image_targets(quadrant_model, images):
-    results = run_quality_study(quadrant_model, images[:2], [0, 1], ["epsilon"], steps=3, patch=45,
+    results = run_region_perturbation(quadrant_model, images[:2], [0, 1], ["epsilon"], steps=3, patch=45,
                                 perturbation="mean", jit_compile=False)
     logits = build_score_function(quadrant_model, jit_compile=False)(images[:2])
     np.testing.assert_allclose(results.methods["epsilon"].scores[:, 0], logits[[0, 1], [0, 1]], rtol=1e-5)
@@ -192,34 +197,39 @@ def test_mean_perturbation_and_per_image_targets(quadrant_model, images):
 
 def test_clear_errors(quadrant_model, images):
     with pytest.raises(ValueError, match=r"unknown attribution method 'lime': expected one of epsilon, .*, random"):
-        run_quality_study(quadrant_model, images, 0, ["epsilon", "lime"])
+        run_region_perturbation(quadrant_model, images, 0, ["epsilon", "lime"])
     with pytest.raises(ValueError, match=r"images must have shape \(N, 227, 227, 3\) .* got \(2, 224, 224, 3\)"):
-        run_quality_study(quadrant_model, np.zeros((2, 224, 224, 3)), 0, ["random"])
+        run_region_perturbation(quadrant_model, np.zeros((2, 224, 224, 3)), 0, ["random"])
     with pytest.raises(ValueError, match="add a batch axis"):
-        run_quality_study(quadrant_model, images[0], 0, ["random"])
+        run_region_perturbation(quadrant_model, images[0], 0, ["random"])
     with pytest.raises(ValueError, match=r"steps must be from 1 to the number of 45x45 patches \(25\), got 30"):
-        run_quality_study(quadrant_model, images, 0, ["random"], steps=30, patch=45)
+        run_region_perturbation(quadrant_model, images, 0, ["random"], steps=30, patch=45)
     with pytest.raises(ValueError, match="unknown target 'happy': the outputs of model 'quadrant_net' are 0, 1"):
-        run_quality_study(quadrant_model, images, "happy", ["random"])
+        run_region_perturbation(quadrant_model, images, "happy", ["random"])
     with pytest.raises(ValueError, match="Grad-CAM needs the layer 'conv5'.*conv1, conv3"):
-        build_attribution_method(quadrant_model, "gradcam", penultimate_layer="conv5")
+        build_explainer(quadrant_model, "gradcam", penultimate_layer="conv5")
 
     inputs = keras.Input((227, 227, 3))
     flat = keras.layers.Flatten()(keras.layers.AveragePooling2D(227)(inputs))
     no_fc8 = keras.Model(inputs, keras.layers.Dense(2, name="logits")(flat), name="plain")
     with pytest.raises(ValueError, match="model 'plain' has no layer 'fc8': expected a psyattr base net or attribute"):
-        run_quality_study(no_fc8, images, 0, ["random"])
+        run_region_perturbation(no_fc8, images, 0, ["random"])
     with pytest.raises(ValueError, match="no layer 'fc8'"):
-        build_attribution_method(no_fc8, "saliency")
+        build_explainer(no_fc8, "saliency")
     fused = keras.Model(inputs, keras.layers.Dense(2, activation="softmax", name="fc8")(flat), name="fused")
     with pytest.raises(ValueError, match="layer 'fc8' of model 'fused' applies 'softmax': expected a linear fc8"):
-        run_quality_study(fused, images, 0, ["random"])
+        run_region_perturbation(fused, images, 0, ["random"])
 
 
 def test_a_broken_custom_method_is_named(quadrant_model, images):
+    def coarse(x, t):
+        return Explanation(np.asarray(t), ["0"] * len(x), np.zeros(len(x)), np.ones((len(x), 14, 14)))
+
     with pytest.raises(ValueError, match=r"method 'coarse' returned heatmaps of shape \(2, 14, 14\)"):
-        run_quality_study(quadrant_model, images[:2], 0, {"coarse": lambda x, t: np.ones((len(x), 14, 14))},
-                          steps=2, patch=45)
+        run_region_perturbation(quadrant_model, images[:2], 0, {"coarse": coarse}, steps=2, patch=45)
+    with pytest.raises(TypeError, match="method 'bare' returned ndarray, expected an Explanation"):
+        run_region_perturbation(quadrant_model, images[:2], 0, {"bare": lambda x, t: np.ones(x.shape[:3])},
+                                steps=2, patch=45)
 
 
 def test_tf_keras_vis_methods_explain_the_unclipped_score_of_a_regressor():
@@ -232,20 +242,41 @@ def test_tf_keras_vis_methods_explain_the_unclipped_score_of_a_regressor():
     outside = (unclipped < 0.0) | (unclipped > 1.0)
     assert outside.any() and not np.allclose(unclipped[outside], clipped[outside])
     assert preactivation_model(regressor).outputs[0].shape[-1] == 1
-    targets = resolve_targets(regressor, "happy", 2)
     np.random.seed(7)
     expected_draw = np.random.random()
     np.random.seed(7)
     heatmaps = {}
     for name in ("saliency", "smoothgrad", "gradcam"):
-        heatmaps[name] = build_attribution_method(regressor, name, smooth_samples=2)(faces, targets)
+        explanation = build_explainer(regressor, name, smooth_samples=2)(faces, "happy")
+        heatmaps[name] = explanation.heatmap
         assert heatmaps[name].shape == (2, 227, 227), name
         assert np.isfinite(heatmaps[name]).all() and heatmaps[name].std() > 0, name
+        # One target rule for every method: the name is resolved as the LRP explainer resolves it.
+        assert list(explanation.targets) == [0, 0] and explanation.target_names == ["happy", "happy"]
+        np.testing.assert_allclose(explanation.scores, unclipped[:, 0], rtol=1e-4)
+        np.testing.assert_allclose(explanation.outputs["happy"], clipped[:, 0], rtol=1e-4)
     assert np.random.random() == expected_draw  # SmoothGrad hands NumPy's global generator back untouched
-    again = build_attribution_method(regressor, "smoothgrad", smooth_samples=2)(faces, targets)
-    np.testing.assert_allclose(again, heatmaps["smoothgrad"], rtol=1e-4)
-    results = run_quality_study(regressor, faces, "happy", ["gradcam", "random"], steps=2, patch=75, batch_size=2)
+    again = build_explainer(regressor, "smoothgrad", smooth_samples=2)(faces, "happy")
+    np.testing.assert_allclose(again.heatmap, heatmaps["smoothgrad"], rtol=1e-4)
+    results = run_region_perturbation(regressor, faces, "happy", ["gradcam", "random"], steps=2, patch=75, batch_size=2)
     np.testing.assert_allclose(results.methods["gradcam"].scores[:, 0], unclipped[:, 0], rtol=1e-4)
+
+
+def test_every_method_checks_images_and_targets_by_the_one_rule(quadrant_model, images):
+    for name in ("epsilon", "gradient", "saliency", "random"):
+        method = build_explainer(quadrant_model, name, jit_compile=False)
+        with pytest.raises(ValueError, match="add a batch axis"):
+            method(images[0], 0)
+        with pytest.raises(ValueError, match="unknown target 'happy': the outputs of model 'quadrant_net' are 0, 1"):
+            method(images[:2], "happy")
+        with pytest.raises(ValueError, match="got 3 targets for 2 images"):
+            method(images[:2], [0, 1, 0])
+        explanation = method(images[:2], "1")  # an index written as text, as the command line gives it
+        assert list(explanation.targets) == [1, 1] and explanation.heatmap.shape == (2, 227, 227), name
+        assert method.name == name
+    top = build_explainer(quadrant_model, "random")(images[:3])
+    logits = build_score_function(quadrant_model, jit_compile=False)(images[:3])
+    assert list(top.targets) == list(np.argmax(logits, axis=1))
 
 
 def test_plot_and_tables(study, tmp_path):

@@ -8,131 +8,92 @@ from pathlib import Path
 import click
 
 from psyattr.cli import cli
-from psyattr.cli.options import fail, load_rated, rated_options
+from psyattr.cli.options import fail, framing_option, load_rated, rated_options
+from psyattr.studies.registry import STUDIES
 
 
-@cli.group()
-def study() -> None:
+@cli.group("study")
+def study_group() -> None:
     """The paper's studies: heatmaps, occlusion, expression pairs, base-model comparison, explanation quality."""
 
 
-def study_options(command):
-    """Options shared by the studies on rated faces."""
-    command = click.option("--composite", default="alpha2beta1", show_default=True, help="LRP composite.")(command)
-    command = click.option("--limit", type=click.IntRange(1), help="Use only the first N test faces.")(command)
-    command = click.option("--seed", type=int, default=0, show_default=True, help="Seed of the 50/50 split.")(command)
+def _methods(ctx, param, value):
+    return value.split(",") if value else None
+
+
+# Options of one study only (by registry name); every study also gets the shared ones below.
+STUDY_OPTIONS = {
+    "expressions": [
+        click.option("--pairs", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+                     help="Folder of happy/sad pairs (Yale subjectNN.happy.gif / .sad.gif, or KDEF names)."),
+    ],
+    "quality": [
+        click.option("--steps", type=click.IntRange(1), default=30, show_default=True),
+        click.option("--patch", type=click.IntRange(1), default=15, show_default=True),
+        click.option("--methods", callback=_methods, metavar="M,...",
+                     help="Comma-separated methods [default: all LRP composites, gradient, gradient x input, "
+                          "saliency, smoothgrad, gradcam, random]."),
+        click.option("--perturbation-seed", type=int, default=0, show_default=True,
+                     help="Seed of the noise that replaces the patches."),
+    ],
+}
+
+
+def _shared_options(study, command):
+    if study.rated_faces:
+        command = click.option("--limit", type=click.IntRange(1), default=study.default_limit,
+                               show_default=study.default_limit is not None,
+                               help="Use only the first N test faces" + ("." if study.default_limit else
+                                                                          " [default: all]."))(command)
+        command = click.option("--seed", type=int, default=None,
+                               help="Seed of the 50/50 split for models without a run [default: 0]; a run's test "
+                                    "faces are the ones it held out, and another seed is refused.")(command)
+        command = rated_options(command)
+    command = framing_option("How photos are framed for the models [default: as each model records].")(command)
+    # Hidden where the study compares every composite; given there, it is refused rather than ignored.
+    command = click.option("--composite", default="alpha2beta1", show_default=True, help="LRP composite.",
+                           hidden=not study.composite)(command)
     command = click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)(command)
     command = click.option("--attribute", default="happy", show_default=True)(command)
-    command = rated_options(command)
     return click.option("--model", "model_specs", multiple=True, required=True,
                         help="A trained run folder or .keras file (repeat to compare models).")(command)
 
 
-def _study_inputs(model_specs, data_spec, scale, image_column, seed, limit):
-    from psyattr.studies.common import held_out_faces, load_study_models
+def _study_command(study):
+    def command(model_specs, out, attribute, composite, framing, data_spec=None, scale=None, image_column=None,
+                seed=None, limit=None, **options) -> None:
+        from psyattr.studies.inputs import StudyInputs
+        from psyattr.studies.registry import get_study
 
-    _, data = load_rated(data_spec, scale, image_column)
-    models = load_study_models(model_specs)
-    return models, data, held_out_faces(data, seed, limit)
+        entry = get_study(study.name)  # looked up when it runs: the registry's runner, not a copy
+        if entry.one_model and len(model_specs) > 1:
+            fail(f"study {entry.command} measures one model at a time: run it once per --model")
+        if not entry.composite and composite != "alpha2beta1":
+            fail(f"--composite does not apply to study {entry.command}, which compares every composite: choose with "
+                 "--methods")
+        if entry.composite:
+            options["composite"] = composite
+        if entry.rated_faces:
+            options["limit"] = limit
+        if entry.progress:
+            options["progress"] = click.echo
+        try:
+            data = load_rated(data_spec, scale, image_column)[1] if entry.rated_faces else None
+            inputs = StudyInputs.load(model_specs, data, seed, framing)
+            result = entry.run(inputs, out, attribute=attribute, **options)
+        except (ValueError, FileNotFoundError) as err:
+            fail(str(err))
+        for line in result.lines():
+            click.echo(line)
 
-
-@study.command("heatmaps")
-@study_options
-def study_heatmaps(model_specs, data_spec, scale, image_column, attribute, out, seed, limit, composite) -> None:
-    """Heatmap grid of test faces for all models on one colour scale."""
-    from psyattr.studies.heatmaps import heatmap_study
-
-    try:
-        models, data, test = _study_inputs(model_specs, data_spec, scale, image_column, seed, limit or 6)
-        heatmap_study(models, data, [attribute], test, out, composite)
-    except (ValueError, FileNotFoundError) as err:
-        fail(str(err))
-    click.echo(f"heatmaps in {out}")
-
-
-@study.command("occlusion")
-@study_options
-def study_occlusion(model_specs, data_spec, scale, image_column, attribute, out, seed, limit, composite) -> None:
-    """Cover the mouth, the right eye and both eyes; score change per region with 95% CIs."""
-    from psyattr.studies.occlusion import occlusion_study
-
-    try:
-        models, data, test = _study_inputs(model_specs, data_spec, scale, image_column, seed, limit)
-        results = occlusion_study(models, data, attribute, test, out, composite)
-    except (ValueError, FileNotFoundError) as err:
-        fail(str(err))
-    for label, result in results["models"].items():
-        for region, r in result["regions"].items():
-            click.echo(f"{label:24s} {region:10s} {attribute} change {r['mean_change']:+7.2f} "
-                       f"[{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}]  relevance in region {r['relevance_share_before']:.1%}"
-                       f" -> {r['relevance_share_after']:.1%}")
-    click.echo(f"{results['faces']} faces; figures and table in {out}")
+    for option in reversed(STUDY_OPTIONS.get(study.name, [])):
+        command = option(command)
+    command = _shared_options(study, command)
+    return study_group.command(study.command, help=study.help)(command)
 
 
-@study.command("expressions")
-@click.option("--model", "model_specs", multiple=True, required=True, help="A trained run folder or .keras file.")
-@click.option("--pairs", "folder", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
-              help="Folder of happy/sad pairs (Yale subjectNN.happy.gif / .sad.gif, or KDEF names).")
-@click.option("--attribute", default="happy", show_default=True)
-@click.option("--composite", default="alpha2beta1", show_default=True)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
-def study_expressions(model_specs, folder, attribute, composite, out) -> None:
-    """The same people happy and sad: scores, heatmaps and relevance share per face region."""
-    from psyattr.studies.common import load_study_models
-    from psyattr.studies.expressions import expression_study
-
-    try:
-        results = expression_study(load_study_models(model_specs), folder, out, attribute, composite)
-    except (ValueError, FileNotFoundError) as err:
-        fail(str(err))
-    for label, result in results["models"].items():
-        for state in ("happy", "sad"):
-            shares = result[state]["shares"]
-            click.echo(f"{label:24s} {state:5s} score {result[state]['mean_score']:6.2f}  mouth {shares['mouth']:.1%}  "
-                       f"eyes {shares['eyes']:.1%}  cheeks {shares['cheeks']:.1%}  eyebrows {shares['eyebrows']:.1%}")
-    click.echo(f"{results['pairs']} pairs; figure and table in {out}")
-
-
-@study.command("compare")
-@study_options
-def study_compare(model_specs, data_spec, scale, image_column, attribute, out, seed, limit, composite) -> None:
-    """Compare models (e.g. age- vs gender-based): relevance per region, spread, error, learning speed."""
-    from psyattr.studies.comparison import comparison_study
-
-    try:
-        models, data, test = _study_inputs(model_specs, data_spec, scale, image_column, seed, limit or 64)
-        results = comparison_study(models, data, attribute, test, out, composite)
-    except (ValueError, FileNotFoundError) as err:
-        fail(str(err))
-    for label, m in results["models"].items():
-        click.echo(f"{label:24s} MAE {m['mae']:.2f}  spread {m['spread']:.1%}  "
-                   + "  ".join(f"{r} {v:.1%}" for r, v in m["shares"].items()))
-    click.echo(results["verdict"])
-
-
-@study.command("quality")
-@study_options
-@click.option("--steps", type=click.IntRange(1), default=30, show_default=True)
-@click.option("--patch", type=click.IntRange(1), default=15, show_default=True)
-@click.option("--methods", help="Comma-separated methods [default: all LRP composites, gradient x input, saliency, "
-                                "smoothgrad, gradcam, random].")
-def study_quality(model_specs, data_spec, scale, image_column, attribute, out, seed, limit, composite, steps, patch,
-                  methods) -> None:
-    """Region perturbation and AOPC of every explanation method (higher is more faithful)."""
-    from psyattr.studies.faithfulness import faithfulness_study
-
-    if len(model_specs) > 1:
-        fail("study quality measures one model at a time: run it once per --model")
-    if composite != "alpha2beta1":
-        fail("--composite does not apply to study quality, which compares every composite: choose with --methods")
-    try:
-        models, data, test = _study_inputs(model_specs, data_spec, scale, image_column, seed, limit or 16)
-        numbers = faithfulness_study(models[0], data, attribute, test, out, methods.split(",") if methods else None,
-                                     steps, patch, seed, progress=click.echo)
-    except (ValueError, FileNotFoundError) as err:
-        fail(str(err))
-    for name, value in sorted(numbers.items(), key=lambda item: -item[1]["aopc"]):
-        click.echo(f"{name:28s} AOPC {value['aopc']:8.4f} ± {value['se']:.4f}")
+for _study in STUDIES:
+    _study_command(_study)
 
 
 @cli.command()

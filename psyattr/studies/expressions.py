@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from psyattr.data.images import IMAGE_SUFFIXES, ImageError
-from psyattr.faces.alignment import aligned_model_input
+from psyattr.data.images import IMAGE_SUFFIXES
 from psyattr.faces.relevance import region_shares
-from psyattr.lrp.heatmap import heatmap, render, symmetric_scale
+from psyattr.lrp.heatmap import overlay, render, symmetric_scale
 from psyattr.plots import plt
-from psyattr.studies.common import StudyModel, write_summary
+from psyattr.studies.inputs import FramedPhotos, StudyInputs
+from psyattr.studies.summary import Figure, StudyResult
 
 log = logging.getLogger(__name__)
 
@@ -49,86 +49,163 @@ def find_expression_pairs(folder: str | os.PathLike) -> list[tuple[str, Path, Pa
     return pairs
 
 
-def expression_study(models: Sequence[StudyModel], folder: str | os.PathLike, out_dir: str | os.PathLike,
-                     attribute: str = "happy", composite: str = "alpha2beta1", shown: int = 5) -> dict[str, Any]:
-    """Scores, heatmaps and the relevance share per face region of every happy/sad pair, for each model."""
+@dataclasses.dataclass(kw_only=True)
+class StateScores:
+    """One model on one expression: the score of each person and the mean relevance share per region."""
+
+    scores: np.ndarray  # (pairs,) on the rating scale
+    shares: dict[str, float]
+
+    @property
+    def mean_score(self) -> float:
+        """The mean score over the people."""
+        return float(np.mean(self.scores))
+
+
+@dataclasses.dataclass(kw_only=True)
+class ModelExpressions:
+    """One model's scores and relevance shares, happy and sad."""
+
+    label: str
+    framing: str
+    happy: StateScores
+    sad: StateScores
+
+    @property
+    def happier_when_happy(self) -> float:
+        """The share of people the model scores higher happy than sad."""
+        return float(np.mean(self.happy.scores > self.sad.scores))
+
+
+@dataclasses.dataclass(kw_only=True)
+class ExpressionResult(StudyResult):
+    """Each model on the happy and sad photos of the same people."""
+
+    study = "expressions"
+    attribute: str
+    folder: Path
+    people: list[str]
+    skipped: list[str]
+    notes: list[str]
+    composite: str
+    models: dict[str, ModelExpressions]
+
+    @property
+    def pairs(self) -> int:
+        """How many happy/sad pairs were used."""
+        return len(self.people)
+
+    def table_markdown(self) -> str:
+        table = ["| model | state | mean score | " + " | ".join(f"{r} share" for r in SHARE_REGIONS) + " |",
+                 "|---|---|---:|" + "---:|" * len(SHARE_REGIONS)]
+        for m in self.models.values():
+            for state, result in (("happy", m.happy), ("sad", m.sad)):
+                table.append(f"| {m.label} | {state} | {result.mean_score:.2f} | "
+                             + " | ".join(f"{result.shares[r]:.1%}" for r in SHARE_REGIONS) + " |")
+        return "\n".join(table)
+
+    def numbers(self) -> dict[str, Any]:
+        def state(result: StateScores) -> dict[str, Any]:
+            return {"mean_score": result.mean_score, "scores": result.scores.round(3), "shares": result.shares}
+
+        return {"attribute": self.attribute, "pairs": self.pairs, "people": self.people, "skipped": self.skipped,
+                "notes": self.notes, "models": {m.label: {"framing": m.framing, "happy": state(m.happy),
+                                                          "sad": state(m.sad),
+                                                          "happier_when_happy": m.happier_when_happy}
+                                                for m in self.models.values()}}
+
+    def lines(self) -> list[str]:
+        lines = []
+        for m in self.models.values():
+            for name, result in (("happy", m.happy), ("sad", m.sad)):
+                shares = result.shares
+                lines.append(f"{m.label:24s} {name:5s} score {result.mean_score:6.2f}  mouth {shares['mouth']:.1%}  "
+                             f"eyes {shares['eyes']:.1%}  cheeks {shares['cheeks']:.1%}  "
+                             f"eyebrows {shares['eyebrows']:.1%}")
+        return [*lines, f"{self.pairs} pairs; figure and table in {self.out_dir}"]
+
+
+def expression_study(inputs: StudyInputs, out_dir: str | os.PathLike, *, pairs: str | os.PathLike,
+                     attribute: str = "happy", composite: str = "alpha2beta1", shown: int = 5) -> ExpressionResult:
+    """Scores, heatmaps and the relevance share per face region of every happy/sad pair in `pairs`, for each model.
+
+    Each model sees each photo framed by its own framing (faces found by the face-mesh detector); a pair with a
+    photo that cannot be framed is left out, named with the reason.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    pairs = find_expression_pairs(folder)
-    usable, skipped, inputs = [], [], []
-    for person, happy, sad in pairs:
-        # Each photo is aligned to the framing the models learned from (eyes and mouth where OMI has them).
-        try:
-            aligned = (aligned_model_input(happy), aligned_model_input(sad))
-        except (ImageError, OSError) as err:
-            skipped.append(f"{person} ({err})")
-            continue
-        if None in aligned:
-            skipped.append(f"{person} (no face found)")
-            continue
-        usable.append((person, happy, sad, (aligned[0][1], aligned[1][1])))
-        inputs.append((aligned[0][0], aligned[1][0]))
+    found = find_expression_pairs(pairs)
+    photos = FramedPhotos([f"{person} {state}" for person, *_ in found for state in ("happy", "sad")],
+                          [path for _, happy, sad in found for path in (happy, sad)])
+    usable, skipped = [], []
+    for k, (person, *_) in enumerate(found):
+        reasons = [why for why in (photos.reason(inputs.framings, p, regions=True) for p in (2 * k, 2 * k + 1)) if why]
+        if reasons:
+            skipped.append(f"{person} ({'; '.join(reasons)})")
+        else:
+            usable.append(k)
     if skipped:
         log.warning("left out %d pair(s): %s", len(skipped), "; ".join(skipped))
     if not usable:
-        raise ValueError(f"no usable happy/sad pair in {folder}")
-    happy_images = np.stack([happy for happy, _ in inputs])
-    sad_images = np.stack([sad for _, sad in inputs])
-    results: dict[str, Any] = {"attribute": attribute, "pairs": len(usable), "skipped": skipped, "models": {}}
-    heat_by_model = {}
-    table = ["| model | state | mean score | " + " | ".join(f"{r} share" for r in SHARE_REGIONS) + " |",
-             "|---|---|---:|" + "---:|" * len(SHARE_REGIONS)]
-    for entry in models:
+        raise ValueError(f"no usable happy/sad pair in {pairs}: {'; '.join(skipped[:3])}")
+    people = [found[k][0] for k in usable]
+    positions = {"happy": [2 * k for k in usable], "sad": [2 * k + 1 for k in usable]}
+    models, heats, images = {}, {}, {}
+    for entry in inputs.models:
         k = entry.attribute_index(attribute)
         explainer = entry.explainer(composite)
-        model_result = {}
-        heats = {}
-        for state, batch, index in (("happy", happy_images, 0), ("sad", sad_images, 1)):
-            heats[state] = heatmap(explainer(batch, k).relevance)
-            scores = entry.rated_scores(batch, k)
-            shares = [region_shares(h, regions[index]) for h, (_, _, _, regions) in zip(heats[state], usable)]
-            mean_shares = {r: float(np.nanmean([s[r] for s in shares])) for r in SHARE_REGIONS}
-            model_result[state] = {"mean_score": float(scores.mean()), "scores": scores.round(3).tolist(),
-                                   "shares": mean_shares}
-            table.append(f"| {entry.label} | {state} | {scores.mean():.2f} | "
-                         + " | ".join(f"{mean_shares[r]:.1%}" for r in SHARE_REGIONS) + " |")
-        model_result["happier_when_happy"] = float(np.mean(
-            np.asarray(model_result["happy"]["scores"]) > np.asarray(model_result["sad"]["scores"])))
-        results["models"][entry.label] = model_result
-        heat_by_model[entry.label] = heats
-    figure = plot_pairs(models, usable[:shown], happy_images[:shown], sad_images[:shown], heat_by_model, results,
-                        out_dir / "expression_pairs.png", attribute)
-    write_summary(
-        out_dir, "The same person happy and sad",
-        f"{len(usable)} people photographed happy and sad (same session and light, {Path(folder).name}); the "
-        f"{attribute} score of each model and the share of positive relevance (LRP {composite}) in each face region. "
-        "Each photo is aligned to OMI's framing (eyes and mouth where the training faces have them) and its regions come "
-        "from the face-mesh detector." + (f" Left out: {'; '.join(skipped)}." if skipped else ""),
-        [(figure.name, f"Happy (left) and sad (right) faces of the same people with each model's {attribute} "
-                       "heatmap, all on one colour scale; titles give the score.")],
-        "\n".join(table), numbers=results)
-    return results
+        states = {}
+        for state, where in positions.items():
+            batch = photos.inputs(entry.framing, where)
+            heat = explainer(batch, k).heatmap
+            regions = photos.regions(entry.framing, where)
+            shares = [region_shares(h, r) for h, r in zip(heat, regions)]
+            states[state] = StateScores(scores=entry.rated_scores(batch, k),
+                                        shares={r: float(np.nanmean([s[r] for s in shares])) for r in SHARE_REGIONS})
+            heats[entry.label, state] = heat[:shown]
+            images[entry.label, state] = batch[:shown]
+        models[entry.label] = ModelExpressions(label=entry.label, framing=entry.framing.name, **states)
+    notes = sorted({n for f in inputs.framings for n in photos.notes(f, [p for w in positions.values() for p in w])})
+    text = (f"{len(people)} people photographed happy and sad (same session and light, {Path(pairs).name}); the "
+            f"{attribute} score of each model and the share of positive relevance (LRP {composite}) in each face "
+            "region. " + inputs.framing_text() + " Faces and their regions come from the face-mesh detector."
+            + (f" Left out: {'; '.join(skipped)}." if skipped else "")
+            + (f" Noted while framing: {'; '.join(notes)}." if notes else ""))
+    result = ExpressionResult(out_dir=out_dir, text=text, figures=(), attribute=attribute, folder=Path(pairs),
+                              people=people, skipped=skipped, notes=notes, composite=composite, models=models)
+    figure = plot_pairs(result, heats, images, len(inputs.framings) > 1, out_dir / "expression_pairs.png")
+    result.figures = (Figure(figure.name, f"Happy (left) and sad (right) faces of the same people with each model's "
+                                          f"{attribute} heatmap, all on one colour scale; titles give the score."),)
+    result.write_summary()
+    return result
 
 
-def plot_pairs(models, usable, happy_images, sad_images, heat_by_model, results, path: Path, attribute: str) -> Path:
-    """Rows: people; columns: happy face, its heatmap per model, sad face, its heatmap per model."""
-    labels = [m.label for m in models]
-    scale = symmetric_scale(*[h for heats in heat_by_model.values() for h in heats.values()])
+def plot_pairs(result: ExpressionResult, heats: dict[tuple[str, str], np.ndarray],
+               images: dict[tuple[str, str], np.ndarray], overlaid: bool, path: Path) -> Path:
+    """Rows: people; columns: happy face, its heatmap per model, sad face, its heatmap per model.
+
+    With `overlaid` (models framed differently), each heatmap lies over the face as that model saw it.
+    """
+    labels = list(result.models)
+    scale = symmetric_scale(*heats.values())
+    count = len(next(iter(heats.values())))
     columns = 2 * (1 + len(labels))
-    fig, axes = plt.subplots(len(usable), columns, figsize=(1.9 * columns, 2.1 * len(usable) + 0.5), squeeze=False)
-    for r, (person, *_rest) in enumerate(usable):
-        for block, (state, images) in enumerate((("happy", happy_images), ("sad", sad_images))):
+    fig, axes = plt.subplots(count, columns, figsize=(1.9 * columns, 2.1 * count + 0.5), squeeze=False)
+    for r, person in enumerate(result.people[:count]):
+        for block, state in enumerate(("happy", "sad")):
             base = block * (1 + len(labels))
-            axes[r, base].imshow(images[r].astype(np.uint8))
+            axes[r, base].imshow(images[labels[0], state][r].astype(np.uint8))
             axes[r, base].set_title(f"{person} {state}", fontsize=7)
             for j, label in enumerate(labels):
-                score = results["models"][label][state]["scores"][r]
-                axes[r, base + 1 + j].imshow(render(heat_by_model[label][state][r], scale))
+                score = getattr(result.models[label], state).scores[r]
+                heat = heats[label, state][r]
+                shown = overlay(images[label, state][r], heat, scale) if overlaid else render(heat, scale)
+                axes[r, base + 1 + j].imshow(shown)
                 axes[r, base + 1 + j].set_title(f"{label}: {score:.1f}", fontsize=6)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"{attribute}: happy vs sad, one colour scale (±{scale:.3g}); red raises the score", fontsize=9)
+    fig.suptitle(f"{result.attribute}: happy vs sad, one colour scale (±{scale:.3g}); red raises the score", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

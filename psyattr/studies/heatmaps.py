@@ -2,59 +2,148 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from psyattr.data.rated import RatedFaces
-from psyattr.lrp.heatmap import heatmap, heatmap_grid
-from psyattr.studies.common import StudyModel, model_inputs, write_summary
+from psyattr.lrp.heatmap import render, symmetric_scale
+from psyattr.plots import plt
+from psyattr.studies.inputs import HeldOutFaces, StudyInputs, UsableFaces
+from psyattr.studies.models import StudyModel
+from psyattr.studies.summary import Figure, StudyResult
 
 
-def explain_with(models: Sequence[StudyModel], images: np.ndarray, attribute: str, data: RatedFaces | None,
-                 composite: str = "alpha2beta1") -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Per model label: heatmaps (N, 227, 227) and [0, 1] scores (N,) of `attribute`."""
-    heats, scores = {}, {}
-    for entry in models:
-        index = entry.attribute_index(attribute, data)
-        explanation = entry.explainer(composite)(images, index)
-        heats[entry.label] = heatmap(explanation.relevance)
-        scores[entry.label] = entry.scores(images)[:, index]
-    return heats, scores
+@dataclasses.dataclass(kw_only=True)
+class ModelHeatmaps:
+    """One model's explanations of the shown faces for one attribute."""
+
+    label: str
+    framing: str
+    ratings: np.ndarray  # (N,) predicted, on the attribute's rating scale
+    mean_abs_relevance: float  # per pixel
+
+    @property
+    def mean_rating(self) -> float:
+        """The mean predicted rating of the shown faces."""
+        return float(np.mean(self.ratings))
 
 
-def heatmap_study(models: Sequence[StudyModel], data: RatedFaces, attributes: Sequence[str], indices: Sequence[int],
-                  out_dir: str | os.PathLike, composite: str = "alpha2beta1") -> Path:
-    """One grid per attribute: the faces `indices` of `data` (rows) explained by every model (columns)."""
+@dataclasses.dataclass(kw_only=True)
+class AttributeHeatmaps:
+    """One attribute's grid: the column it is rated in, the shared colour scale, and each model's numbers."""
+
+    attribute: str
+    column: str
+    scale: float
+    figure: str
+    models: dict[str, ModelHeatmaps]
+
+
+@dataclasses.dataclass(kw_only=True)
+class HeatmapResult(StudyResult):
+    """Heatmaps of the shown faces, per attribute and model."""
+
+    study = "heatmaps"
+    faces: HeldOutFaces
+    ids: list[str]
+    skipped: list[str]
+    composite: str
+    attributes: dict[str, AttributeHeatmaps]
+
+    def table_markdown(self) -> str | None:
+        rows = [f"| {a.attribute} | {m.label} | {m.mean_rating:.2f} | {m.mean_abs_relevance:.3g} |"
+                for a in self.attributes.values() for m in a.models.values()]
+        if not rows:
+            return None
+        return ("| attribute | model | mean predicted rating | mean abs. relevance per pixel |\n|---|---|---:|---:|\n"
+                + "\n".join(rows))
+
+    def numbers(self) -> dict[str, Any]:
+        return {"test_faces": self.faces.to_summary(), "shown": self.ids, "skipped": self.skipped,
+                "composite": self.composite,
+                "attributes": {a.attribute: {"column": a.column, "scale": a.scale, "models": {
+                    m.label: {"framing": m.framing, "mean_rating": m.mean_rating, "ratings": m.ratings.round(3),
+                              "mean_abs_relevance": m.mean_abs_relevance} for m in a.models.values()}}
+                    for a in self.attributes.values()}}
+
+    def lines(self) -> list[str]:
+        return [*(f"{a.attribute:12s} {m.label:24s} mean predicted rating {m.mean_rating:6.2f}  "
+                  f"mean |relevance| {m.mean_abs_relevance:.3g}" for a in self.attributes.values()
+                  for m in a.models.values()),
+                f"{len(self.ids)} faces; heatmaps in {self.out_dir}"]
+
+
+def heatmap_study(inputs: StudyInputs, out_dir: str | os.PathLike, *, attribute: str = "happy",
+                  attributes: Sequence[str] | None = None, composite: str = "alpha2beta1",
+                  limit: int | None = None) -> HeatmapResult:
+    """One grid per attribute: the first `limit` held-out faces (rows) explained by every model (columns)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    images, kept = model_inputs([data.paths[i] for i in indices])
-    ids = [data.ids[indices[k]] for k in kept]
-    figures, rows = [], []
-    for attribute in attributes:
-        usable = [m for m in models if data.resolve(attribute) in m.attributes]
-        if not usable:
+    data = inputs.data
+    chosen, usable = inputs.faces(limit)
+    figures, results = [], {}
+    for name in attributes or [attribute]:
+        column = data.resolve(name)
+        models = [m for m in inputs.models if column in m.attributes]
+        if not models:
             continue
-        heats, scores = explain_with(usable, images, attribute, data, composite)
-        column = data.resolve(attribute)
-        ratings = data.ratings[column][[indices[k] for k in kept]]
-        labels = [f"face {i}\nrated {r:.0f}" for i, r in zip(ids, ratings)]
-        name = f"heatmaps_{attribute}.png"
-        scale = heatmap_grid(images, heats, out_dir / name, shared_scale=True, row_labels=labels,
-                             title=f"{attribute}" + (f" ({column})" if column != attribute else "") +
-                             f": LRP {composite}, test faces of {data.name}")
-        note = data.note(attribute)
-        figures.append((name, f"{attribute}: relevance of {len(ids)} test faces for each model, one colour scale "
-                              f"(±{scale:.3g}) across models so they compare directly; red raises the score, blue "
-                              f"lowers it. Data: {data.name}." + (f" {note}." if note else "")))
-        for label in heats:
-            rows.append(f"| {attribute} | {label} | {float(data.to_scale(np.mean(scores[label]))):.2f} | "
-                        f"{np.mean(np.abs(heats[label])):.3g} |")
-    table = ("| attribute | model | mean predicted rating | mean abs. relevance per pixel |\n|---|---|---:|---:|\n"
-             + "\n".join(rows)) if rows else None
-    write_summary(out_dir, "Heatmaps of test faces",
-                  f"LRP ({composite}) heatmaps of {len(ids)} test faces for every model, one colour scale per attribute.",
-                  figures, table)
-    return out_dir
+        heats, by_model = {}, {}
+        for entry in models:
+            images = usable.images(entry)
+            k = entry.attribute_index(name, data)
+            heats[entry.label] = entry.explainer(composite)(images, k).heatmap
+            by_model[entry.label] = ModelHeatmaps(label=entry.label, framing=entry.framing.name,
+                                                  ratings=entry.rated_scores(images, k),
+                                                  mean_abs_relevance=float(np.mean(np.abs(heats[entry.label]))))
+        ratings = data.ratings[column][usable.indices]
+        labels = [f"face {i}\nrated {r:.0f}" for i, r in zip(usable.ids, ratings)]
+        file = f"heatmaps_{name}.png"
+        scale = plot_heatmap_grid(models, usable, heats, out_dir / file, labels,
+                                  f"{name}" + (f" ({column})" if column != name else "") +
+                                  f": LRP {composite}, test faces of {data.name}")
+        note = data.note(name)
+        figures.append(Figure(file, f"{name}: relevance of {len(usable)} test faces for each model, one colour scale "
+                                    f"(±{scale:.3g}) across models so they compare directly; red raises the score, "
+                                    f"blue lowers it. Data: {data.name}." + (f" {note}." if note else "")))
+        results[name] = AttributeHeatmaps(attribute=name, column=column, scale=scale, figure=file, models=by_model)
+    text = (f"LRP ({composite}) heatmaps of {len(usable)} test faces for every model, one colour scale per attribute. "
+            f"{chosen.describe()} {inputs.framing_text()}"
+            + (f" Left out: {'; '.join(usable.skipped)}." if usable.skipped else ""))
+    result = HeatmapResult(out_dir=out_dir, text=text, figures=tuple(figures), faces=chosen, ids=usable.ids,
+                           skipped=usable.skipped, composite=composite, attributes=results)
+    result.write_summary()
+    return result
+
+
+def plot_heatmap_grid(models: Sequence[StudyModel], usable: UsableFaces, heats: dict[str, np.ndarray], path: Path,
+                      row_labels: Sequence[str], title: str) -> float:
+    """Rows of faces; per framing an input column, then that framing's models' heatmaps; return the shared scale."""
+    scale = symmetric_scale(*heats.values())
+    columns = []  # (title, images or None, heatmaps or None)
+    framings = list(dict.fromkeys(entry.framing for entry in models))
+    for framing in framings:
+        own = [entry for entry in models if entry.framing == framing]
+        shown = "input" if len(framings) == 1 else f"input ({framing.name} framing)"
+        columns.append((shown, usable.images(own[0]), None))
+        columns += [(entry.label, None, heats[entry.label]) for entry in own]
+    count = len(usable)
+    fig, axes = plt.subplots(count, len(columns), figsize=(2.0 * len(columns), 2.0 * count + 0.6), squeeze=False)
+    for col, (name, images, maps) in enumerate(columns):
+        axes[0, col].set_title(name, fontsize=8)
+        for row in range(count):
+            axes[row, col].imshow(images[row].astype(np.uint8) if maps is None else render(maps[row], scale))
+    for row, label in enumerate(row_labels):
+        axes[row, 0].set_ylabel(label, fontsize=8)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"{title}\nred: evidence for the output, blue: against; one colour scale for all panels "
+                 f"(±{scale:.3g})", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return scale

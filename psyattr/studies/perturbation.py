@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from psyattr.studies.attribution import image_seed
+from psyattr.attribution import image_seed
 
 # What replaces a removed patch. Uniform noise per pixel and channel is Samek et al.'s choice.
 PERTURBATIONS = {"uniform": "uniform noise in 0..255", "mean": "the image's mean colour"}

@@ -1,5 +1,8 @@
 """Explanation quality: region-perturbation curves and AOPC for every attribution method on one model.
 
+`run_region_perturbation` measures the methods on a batch of images; `quality_study` is the registered study
+on a model's held-out faces, with the curves, the ranked table and the summary for the report.
+
 Following Samek et al. 2017 ("Evaluating the visualization of what a deep neural network has learned"),
 each method orders an image's patches by summed relevance; the patches are replaced most relevant first
 and the explained pre-activation score is recorded after every step. The area over the perturbation
@@ -25,10 +28,14 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from psyattr.checkpoints import atomic_write_text
-from psyattr.studies.attribution import (
-    DEFAULT_PENULTIMATE_LAYER, AttributionMethod, Target, build_attribution_method, build_score_function, check_images,
-    check_method_name, method_names, resolve_targets,
+from psyattr.studies.inputs import HeldOutFaces, StudyInputs
+from psyattr.studies.summary import Figure as ReportFigure
+from psyattr.studies.summary import StudyResult
+from psyattr.attribution import (
+    DEFAULT_PENULTIMATE_LAYER, AttributionMethod, build_explainer, build_score_function, check_method_name, method_names,
 )
+from psyattr.explanation import Explanation
+from psyattr.models.outputs import Target, check_images, resolve_targets
 from psyattr.studies.perturbation import (
     PERTURBATIONS, aopc, check_perturbation, patch_grid, perturbation_curves, standard_error,
 )
@@ -73,7 +80,7 @@ class MethodQuality:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class QualityResults:
+class PerturbationResults:
     """Every method's result, in the order they ran, and the settings they share."""
 
     methods: dict[str, MethodQuality]
@@ -114,6 +121,19 @@ class QualityResults:
                 f"patches replaced by {PERTURBATIONS[self.perturbation]}, seed {self.seed}")
 
 
+def _heatmaps(name: str, explanation: object, expected: tuple[int, ...]) -> np.ndarray:
+    if not isinstance(explanation, Explanation):
+        raise TypeError(f"attribution method {name!r} returned {type(explanation).__name__}, expected an Explanation "
+                        "(as every method of psyattr.attribution.build_explainer returns)")
+    heat = explanation.heatmap
+    if heat.shape != expected:
+        raise ValueError(f"attribution method {name!r} returned heatmaps of shape {heat.shape}, expected "
+                         f"(N, H, W) = {expected}")
+    if not np.isfinite(heat).all():
+        raise ValueError(f"attribution method {name!r} returned NaN or infinite relevance")
+    return heat
+
+
 def _timed_heatmaps(name: str, method: AttributionMethod, images: np.ndarray, targets: np.ndarray,
                     batch_size: int) -> tuple[np.ndarray, float]:
     # Tracing and XLA compilation happen in the first batch: it is left out of the time per image, or, when
@@ -125,15 +145,10 @@ def _timed_heatmaps(name: str, method: AttributionMethod, images: np.ndarray, ta
     for index, start in enumerate(range(0, len(images), batch_size)):
         chunk = slice(start, start + batch_size)
         begin = time.perf_counter()
-        heat = np.asarray(method(images[chunk], targets[chunk]))
+        explanation = method(images[chunk], targets[chunk])
         if single or index > 0:
-            elapsed, timed = elapsed + time.perf_counter() - begin, timed + len(heat)
-        if heat.shape != images[chunk].shape[:3]:
-            raise ValueError(f"attribution method {name!r} returned heatmaps of shape {heat.shape}, expected "
-                             f"(N, H, W) = {images[chunk].shape[:3]}")
-        if not np.isfinite(heat).all():
-            raise ValueError(f"attribution method {name!r} returned NaN or infinite relevance")
-        heatmaps.append(heat)
+            elapsed, timed = elapsed + time.perf_counter() - begin, timed + len(images[chunk])
+        heatmaps.append(_heatmaps(name, explanation, images[chunk].shape[:3]))
     return np.concatenate(heatmaps), elapsed / timed
 
 
@@ -145,7 +160,7 @@ def _resolve_methods(methods: Sequence[str] | Mapping[str, AttributionMethod] | 
     if isinstance(methods, Mapping):
         for name, method in methods.items():
             if not callable(method):
-                raise TypeError(f"method {name!r} must be callable(images, targets) -> heatmaps, got {method!r}")
+                raise TypeError(f"method {name!r} must be callable(images, target) -> Explanation, got {method!r}")
         resolved = dict(methods)
     else:
         resolved = {check_method_name(name): None for name in ([methods] if isinstance(methods, str) else methods)}
@@ -154,23 +169,23 @@ def _resolve_methods(methods: Sequence[str] | Mapping[str, AttributionMethod] | 
     return resolved
 
 
-def run_quality_study(model: keras.Model, images: np.ndarray, targets: Target,
-                      methods: Sequence[str] | Mapping[str, AttributionMethod] | None = None,
-                      steps: int = DEFAULT_STEPS, patch: int = DEFAULT_PATCH, seed: int = 0, *,
-                      perturbation: str = "uniform", batch_size: int = 8, jit_compile: bool = True,
-                      smooth_samples: int = 20, smooth_noise: float = 0.2,
-                      penultimate_layer: str = DEFAULT_PENULTIMATE_LAYER,
-                      progress: Callable[[str], None] | None = None) -> QualityResults:
+def run_region_perturbation(model: keras.Model, images: np.ndarray, target: Target,
+                            methods: Sequence[str] | Mapping[str, AttributionMethod] | None = None,
+                            steps: int = DEFAULT_STEPS, patch: int = DEFAULT_PATCH, seed: int = 0, *,
+                            perturbation: str = "uniform", batch_size: int = 8, jit_compile: bool = True,
+                            smooth_samples: int = 20, smooth_noise: float = 0.2,
+                            penultimate_layer: str = DEFAULT_PENULTIMATE_LAYER,
+                            progress: Callable[[str], None] | None = None) -> PerturbationResults:
     """Region-perturbation curves and AOPC of each attribution method on `images` (N, 227, 227, 3), RGB 0..255.
 
-    `targets`: the fc8 output to explain (index, name, one per image, or None for each image's top output).
-    `methods`: names (default: every LRP composite, gradient_x_input, saliency, smoothgrad, gradcam and random)
-    or a mapping from a name to one's own `callable(images, targets) -> heatmaps (N, H, W)`. The other options
-    set the perturbation ("uniform" noise or the image "mean"), batching, XLA, SmoothGrad and Grad-CAM.
+    `target`: the fc8 output to explain (index, name, one per image, or None for each image's top output).
+    `methods`: names (default: every one of `method_names()`) or a mapping from a name to one's own
+    `callable(images, target) -> Explanation`. The other options set the perturbation ("uniform" noise or the
+    image "mean"), batching, XLA, SmoothGrad and Grad-CAM.
     """
     score_fn = build_score_function(model, jit_compile=jit_compile)  # refuses models without fc8
     resolved = _resolve_methods(methods)
-    images = check_images(model, images)
+    images = check_images(images, score_fn.input_shape, f"model {model.name!r}")
     check_perturbation(perturbation)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -178,8 +193,9 @@ def run_quality_study(model: keras.Model, images: np.ndarray, targets: Target,
     if not isinstance(steps, (int, np.integer)) or not 1 <= steps <= num_patches:
         raise ValueError(f"steps must be from 1 to the number of {patch}x{patch} patches ({num_patches}), "
                          f"got {steps!r}")
-    targets = resolve_targets(model, targets, len(images), lambda: np.concatenate(
-        [score_fn(images[start:start + batch_size]) for start in range(0, len(images), batch_size)]))
+    targets = resolve_targets(score_fn.names, target, len(images), lambda: np.concatenate(
+        [score_fn(images[start:start + batch_size]) for start in range(0, len(images), batch_size)]),
+        f"model {model.name!r}")
     options = dict(seed=seed, jit_compile=jit_compile, smooth_samples=smooth_samples, smooth_noise=smooth_noise,
                    penultimate_layer=penultimate_layer)
     results = {}
@@ -187,16 +203,16 @@ def run_quality_study(model: keras.Model, images: np.ndarray, targets: Target,
         if progress is not None:
             progress(f"{name}: explaining {len(images)} images")
         if method is None:
-            method = build_attribution_method(model, name, **options)
+            method = build_explainer(model, name, **options)
         heatmaps, seconds = _timed_heatmaps(name, method, images, targets, batch_size)
         if progress is not None:
             progress(f"{name}: perturbing {steps} patches")
         scores = perturbation_curves(score_fn, images, heatmaps, targets, steps, patch, perturbation, seed, batch_size)
         results[name] = MethodQuality(name, scores, seconds)
-    return QualityResults(results, targets, int(steps), int(patch), perturbation, seed, model.name)
+    return PerturbationResults(results, targets, int(steps), int(patch), perturbation, seed, model.name)
 
 
-def plot_perturbation_curves(results: QualityResults, path: str | os.PathLike, title: str | None = None) -> Path:
+def plot_perturbation_curves(results: PerturbationResults, path: str | os.PathLike, title: str | None = None) -> Path:
     """Plot the mean score drop after each step, one line per method (legend with AOPC), to a PNG/PDF/SVG file."""
     path = Path(path)
     figure = Figure(figsize=(8.5, 5.0), layout="constrained")
@@ -230,7 +246,7 @@ def _number(value: float, digits: int = 3) -> str:
     return "–" if value != value else f"{value:.{digits}g}"  # NaN (one image) has no standard error
 
 
-def quality_table_markdown(results: QualityResults) -> str:
+def quality_table_markdown(results: PerturbationResults) -> str:
     """The methods ranked by AOPC as a Markdown table (mean ± standard error over the images)."""
     rows = results.rows()
     with_baseline = bool(rows) and "aopc_minus_random" in rows[0]
@@ -246,7 +262,7 @@ def quality_table_markdown(results: QualityResults) -> str:
     return "\n".join(lines) + "\n"
 
 
-def quality_table_csv(results: QualityResults) -> str:
+def quality_table_csv(results: PerturbationResults) -> str:
     """The methods ranked by AOPC as CSV, with the study's settings in every row."""
     rows = results.rows()
     settings = {"images": results.num_images, "steps": results.steps, "patch": results.patch,
@@ -259,7 +275,7 @@ def quality_table_csv(results: QualityResults) -> str:
     return buffer.getvalue()
 
 
-def write_quality_table(results: QualityResults, path: str | os.PathLike) -> Path:
+def write_quality_table(results: PerturbationResults, path: str | os.PathLike) -> Path:
     """Write the ranked table as Markdown (`.md`, with a line on the settings) or CSV (`.csv`)."""
     path = Path(path)
     if path.suffix == ".md":
@@ -272,7 +288,75 @@ def write_quality_table(results: QualityResults, path: str | os.PathLike) -> Pat
     return path
 
 
+@dataclasses.dataclass(kw_only=True)
+class QualityResult(StudyResult):
+    """The quality study on one model's held-out faces: every method's curve and AOPC."""
+
+    study = "quality"
+    attribute: str
+    model: str
+    faces: HeldOutFaces
+    ids: list[str]
+    skipped: list[str]
+    perturbation: PerturbationResults
+
+    @property
+    def ranking(self) -> list[MethodQuality]:
+        """The methods from the most faithful (highest AOPC) to the least."""
+        return self.perturbation.ranking()
+
+    def table_markdown(self) -> str:
+        return quality_table_markdown(self.perturbation)
+
+    def numbers(self) -> dict:
+        return {"model": self.model, "attribute": self.attribute, "test_faces": self.faces.to_summary(),
+                "skipped": self.skipped, "methods": {
+                    m.name: {"aopc": m.aopc_mean, "se": m.aopc_se, "seconds_per_image": m.seconds_per_image}
+                    for m in self.perturbation.methods.values()}}
+
+    def lines(self) -> list[str]:
+        return [f"{m.name:28s} AOPC {m.aopc_mean:8.4f} ± {_number(m.aopc_se, 2)}" for m in self.ranking]
+
+
+def quality_study(inputs: StudyInputs, out_dir: str | os.PathLike, *, attribute: str = "happy",
+                  limit: int | None = None, methods: Sequence[str] | None = None, steps: int = 30, patch: int = 15,
+                  perturbation_seed: int = 0, progress: Callable[[str], None] | None = None) -> QualityResult:
+    """Region perturbation of every method (default: all) on one model's first `limit` held-out faces.
+
+    Writes the curves, the ranked table (Markdown and CSV) and the summary; `perturbation_seed` fixes the noise.
+    """
+    if len(inputs.models) != 1:
+        raise ValueError("study quality measures one model at a time: run it once per --model")
+    entry = inputs.models[0]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = inputs.data
+    chosen, usable = inputs.faces(limit)
+    k = entry.attribute_index(attribute, data)
+    # The methods are built one at a time here, not kept by the model: only one method's compiled graphs live at once.
+    results = run_region_perturbation(entry.model, usable.images(entry), k, methods, steps=steps, patch=patch,
+                                      seed=perturbation_seed, progress=progress)
+    figure = plot_perturbation_curves(results, out_dir / "perturbation_curves.png",
+                                      f"{entry.label}, {attribute}: most relevant {patch}x{patch} patches first")
+    write_quality_table(results, out_dir / "aopc.csv")
+    write_quality_table(results, out_dir / "aopc.md")
+    ranking = results.ranking()
+    text = (f"Region perturbation (Samek et al. 2017) on {results.num_images} test faces of {data.name} for the "
+            f"{entry.label} model's {attribute} score: the {patch}x{patch} patches each method rates most relevant are "
+            f"replaced by noise first, {steps} steps. AOPC, the mean score drop over the steps, is higher for a more "
+            f"faithful explanation; a random order is the floor. Best here: {ranking[0].name}; lowest: "
+            f"{ranking[-1].name}. {chosen.describe()} {inputs.framing_text()}")
+    result = QualityResult(
+        out_dir=out_dir, text=text, attribute=attribute, model=entry.label, faces=chosen, ids=usable.ids,
+        skipped=usable.skipped, perturbation=results,
+        figures=(ReportFigure(figure.name, f"Mean drop of the pre-activation {attribute} score as the most relevant "
+                                     "patches are perturbed, per method (legend: AOPC ± standard error)."),))
+    result.write_summary()
+    return result
+
+
 __all__ = [
-    "DEFAULT_PATCH", "DEFAULT_STEPS", "MethodQuality", "QualityResults", "method_names", "plot_perturbation_curves",
-    "quality_table_csv", "quality_table_markdown", "run_quality_study", "write_quality_table",
+    "DEFAULT_PATCH", "DEFAULT_STEPS", "MethodQuality", "PerturbationResults", "QualityResult", "method_names",
+    "plot_perturbation_curves", "quality_table_csv", "quality_table_markdown", "quality_study", "run_region_perturbation",
+    "write_quality_table",
 ]

@@ -6,27 +6,35 @@ import datetime
 import html
 import json
 import os
+import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+from markdown_it import MarkdownIt
 
 from psyattr import __version__
 from psyattr.checkpoints import atomic_write_text
-from psyattr.studies.common import SUMMARY_FILE
+from psyattr.studies.registry import STUDIES
+from psyattr.studies.summary import SUMMARY_FILE
 
-# (section id, title, folder in the run, the command that makes it)
-SECTIONS = (
-    ("table1", "Table 1: test error of the fine-tuned models", "grid", "psyattr grid --out RUN/grid (or psyattr demo)"),
-    ("learning_curves", "Learning curves (Fig. 3)", "grid", "psyattr grid --out RUN/grid (or psyattr demo)"),
-    ("heatmaps", "Heatmaps of test faces, one scale across models", "heatmaps",
-     "psyattr study heatmaps --out RUN/heatmaps"),
-    ("occlusion", "Occluding the mouth and the eyes", "occlusion", "psyattr study occlusion --out RUN/occlusion"),
-    ("expressions", "The same person happy and sad", "expressions",
-     "psyattr study expressions --out RUN/expressions"),
-    ("comparison", "Which base model suits the transfer", "comparison", "psyattr study compare --out RUN/comparison"),
-    ("quality", "How faithful are the explanations (region perturbation, AOPC)", "quality",
-     "psyattr study quality --out RUN/quality"),
+
+class Section(NamedTuple):
+    """One section of the report: its id, title, folder in the run, and the command that makes it."""
+
+    id: str
+    title: str
+    folder: str
+    command: str
+
+
+GRID_COMMAND = "psyattr grid --out RUN/grid (or psyattr demo)"
+SECTIONS: tuple[Section, ...] = (
+    Section("table1", "Table 1: test error of the fine-tuned models", "grid", GRID_COMMAND),
+    Section("learning_curves", "Learning curves (Fig. 3)", "grid", GRID_COMMAND),
+    *(Section(study.name, study.title, study.folder, study.makes_it) for study in STUDIES),
 )
+GRID_SECTIONS = ("table1", "learning_curves")
 
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -54,49 +62,24 @@ window.addEventListener('load', function () {
 """
 
 
-def markdown_to_html(text: str) -> str:
-    """Render the Markdown our studies write (headings, pipe tables, paragraphs) as HTML."""
-    out, table, paragraph = [], [], []
-
-    def flush_table() -> None:
-        if not table:
-            return
-        rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in table]
-        body = [r for r in rows[1:] if not all(set(c) <= set("-: ") for c in r)]
-        cell = lambda c, tag: f"<{tag}{' class=num' if _is_number(c) and tag == 'td' else ''}>{html.escape(c)}</{tag}>"  # noqa: E731
-        out.append("<table><tr>" + "".join(cell(c, "th") for c in rows[0]) + "</tr>"
-                   + "".join("<tr>" + "".join(cell(c, "td") for c in r) + "</tr>" for r in body) + "</table>")
-        table.clear()
-
-    def flush_paragraph() -> None:
-        if paragraph:
-            out.append("<p>" + html.escape(" ".join(paragraph)) + "</p>")
-            paragraph.clear()
-
-    for line in text.splitlines():
-        if line.strip().startswith("|"):
-            flush_paragraph()
-            table.append(line)
-            continue
-        flush_table()
-        if not line.strip():
-            flush_paragraph()
-        elif line.startswith("#"):
-            flush_paragraph()
-            out.append(f"<h3>{html.escape(line.lstrip('#').strip())}</h3>")
-        else:
-            paragraph.append(line.strip())
-    flush_table()
-    flush_paragraph()
-    return "\n".join(out)
+# A cell that holds a number (with a sign, a percent sign or a "± error") is right-aligned like a figure column.
+_NUMBER = re.compile(r"^[+\-−]?\d[\d.,]*(e[+\-]?\d+)?%?( ± ([\d.,]+(e[+\-]?\d+)?%?|–))?$")
+_MARKDOWN = MarkdownIt("commonmark", {"html": False}).enable("table")
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
+def render_markdown(text: str) -> str:
+    """Render the Markdown our studies and the grid write (headings, pipe tables, paragraphs) as HTML.
+
+    Raw HTML in the text is escaped; headings become `h3` (the report's sections are `h2`); table cells that
+    hold a number get class `num`.
+    """
+    tokens = _MARKDOWN.parse(text)
+    for position, token in enumerate(tokens):
+        if token.type in ("heading_open", "heading_close"):
+            token.tag = "h3"
+        elif token.type == "td_open" and _NUMBER.match(tokens[position + 1].content.strip()):
+            token.attrJoin("class", "num")
+    return _MARKDOWN.renderer.render(tokens, _MARKDOWN.options, {})
 
 
 def _figure(src: str, caption: str) -> str:
@@ -113,13 +96,13 @@ def _grid_folder(run_dir: Path) -> Path | None:
 
 def _section_body(section: str, folder_name: str, run_dir: Path) -> tuple[str | None, str]:
     """(HTML body or None, the reason it is missing)."""
-    if section in ("table1", "learning_curves"):
+    if section in GRID_SECTIONS:
         grid = _grid_folder(run_dir)
         if grid is None:
             return None, f"no table1.md in {run_dir / 'grid'}: no fine-tuning grid has finished in this run"
         prefix = os.path.relpath(grid, run_dir)
         if section == "table1":
-            return markdown_to_html((grid / "table1.md").read_text()), ""
+            return render_markdown((grid / "table1.md").read_text()), ""
         figure = grid / "fig3_learning_curves.png"
         if not figure.exists():
             return None, f"{figure} is missing"
@@ -140,7 +123,7 @@ def _section_body(section: str, folder_name: str, run_dir: Path) -> tuple[str | 
     if missing:
         return None, f"figure(s) {', '.join(missing)} listed in {summary_file} are missing"
     if summary.get("table_md"):
-        parts.append(markdown_to_html(summary["table_md"]))
+        parts.append(render_markdown(summary["table_md"]))
     parts += [_figure(f"{folder_name}/{f['file']}", f["caption"]) for f in summary.get("figures", [])]
     return "\n".join(parts), ""
 
