@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,12 +67,48 @@ def output_key(name: str) -> str:
     return key
 
 
+MAX_VERSION = 2**63 - 1  # TF Serving's versions are int64
+_VERSION_NAME = re.compile(r"[0-9]+")
+
+
 def list_versions(model_dir: str | os.PathLike) -> list[int]:
-    """The integer version folders under `model_dir`, ascending (what TF Serving would consider)."""
+    """The integer version folders under `model_dir`, ascending (what TF Serving would consider).
+
+    Folders named by a number beyond TF Serving's int64 range are skipped with a log line, as TF Serving does.
+    """
     path = Path(model_dir)
     if not path.is_dir():
         return []
-    return sorted(int(p.name) for p in path.iterdir() if p.is_dir() and p.name.isdigit())
+    versions = []
+    for entry in path.iterdir():
+        if entry.is_dir() and _VERSION_NAME.fullmatch(entry.name):
+            if int(entry.name) > MAX_VERSION:
+                log.warning("skipped %s: version %s is beyond TF Serving's largest (%d)", entry,
+                            entry.name[:30], MAX_VERSION)
+                continue
+            versions.append(int(entry.name))
+    return sorted(versions)
+
+
+def clean_stale_staging(model_dir: Path, older_than: float = 3600.0) -> list[Path]:
+    """Remove staging folders (`.N.partial-*`) of exports killed over `older_than` seconds ago; return them.
+
+    An export still writing keeps touching its folder, so a live one is never this old.
+    """
+    removed = []
+    if not model_dir.is_dir():
+        return removed
+    now = time.time()
+    for entry in model_dir.glob(".*.partial-*"):
+        try:
+            newest = max([entry.stat().st_mtime] + [p.stat().st_mtime for p in entry.rglob("*")])
+        except OSError:
+            continue
+        if now - newest > older_than:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+            log.info("removed %s, left by an export that did not finish", entry)
+    return removed
 
 
 @dataclass(frozen=True)
@@ -278,8 +315,9 @@ def export_model(
     if not MODEL_NAME.match(name):
         raise ExportError(f"model name {name!r} must start with a letter or digit and hold only letters, digits, "
                           "'_', '.' and '-' (e.g. psyattr_attractive)")
-    if version is not None and (not isinstance(version, (int, np.integer)) or version < 1):
-        raise ExportError(f"version must be a positive integer, got {version!r}")
+    if version is not None and (not isinstance(version, (int, np.integer)) or not 1 <= version <= MAX_VERSION):
+        raise ExportError(f"version must be a whole number from 1 to {MAX_VERSION} (TF Serving's int64 versions), "
+                          f"got {str(version)[:30]}")
     model_dir = Path(models_dir) / name
     version = int(version) if version is not None else (list_versions(model_dir) or [0])[-1] + 1
     final = model_dir / str(version)
@@ -303,6 +341,7 @@ def export_model(
         archive.add_endpoint(signature, function)
 
     model_dir.mkdir(parents=True, exist_ok=True)
+    clean_stale_staging(model_dir)
     # TF Serving only loads folders named by an integer: the hidden staging folder is invisible to it.
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=model_dir))
     try:

@@ -14,7 +14,7 @@ from psyattr.cli.options import fail, framing_option
 @cli.command("export")
 @click.argument("model_spec", metavar="MODEL")
 @click.option("--name", required=True, help="Served model name, e.g. psyattr_attractive.")
-@click.option("--version", "version", type=click.IntRange(1), help="Version number [default: latest + 1].")
+@click.option("--version", "version", type=click.IntRange(1, 2**63 - 1), help="Version number [default: latest + 1].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("saved_models"),
               show_default=True, help="Models folder: versions go to OUT/NAME/VERSION.")
 @click.option("--composite", default="alpha2beta1", show_default=True, help="LRP composite of the explain signatures.")
@@ -31,6 +31,17 @@ def export_command(model_spec: str, name: str, version: int | None, out: Path, c
     except (ExportError, LRPError, FileExistsError, FileNotFoundError, ValueError) as err:
         fail(str(err))
     click.echo(f"exported {name} version {path.name} to {path} (signatures {', '.join(SIGNATURES)})")
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @cli.command()
@@ -65,6 +76,10 @@ def serve(models, config, batching_parameters, host, port, poll_seconds, max_mes
                              xla_cpu_compilation_enabled).start()
     except (ConfigError, OSError) as err:
         fail(str(err))
+    if not _is_loopback(host):
+        click.echo(f"warning: serving on {host}, which other machines can reach: the gRPC API has no authentication "
+                   "and no encryption, so anyone who reaches the port can use the models. Put it behind a proxy that "
+                   "adds TLS and access control (serving/README.md), or keep --host 127.0.0.1.", err=True)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
