@@ -17,7 +17,6 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
-from tqdm.auto import tqdm
 
 from psyattr.checkpoints import EpochCheckpoint, EpochProgress, atomic_save_model, atomic_write_text
 from psyattr.data.pipeline import center_crops, train_dataset

@@ -355,10 +355,12 @@ def frame_images(paths: Sequence[str | os.PathLike], framing: str | Framing | No
         own = landmarks[index] if landmarks is not None else None
         return frame_file(path, framing, own, detector).image
 
-    return decode_images(paths, framing.size, cache_dir, progress, load=load, key=f"{framing.name}-{digest.hexdigest()}")
+    key = f"{framing.name}-{digest.hexdigest()}"
+    return decode_images(paths, framing.size, cache_dir, progress, load=load, key=key)
 
 
 __all__ = [
-    "DEFAULT_FRAMING", "FRAMINGS", "FROM_MODEL", "resolve_framing", "Framing", "FramedFace", "FramingError", "MIN_FACE_PIXELS", "anchor_points",
-    "FramedBatch", "detect_face_landmarks", "frame_file", "frame_image", "frame_images", "framed_batches", "get_framing", "register_framing", "similarity_transform",
+    "DEFAULT_FRAMING", "FRAMINGS", "FROM_MODEL", "MIN_FACE_PIXELS", "FramedBatch", "FramedFace", "Framing",
+    "FramingError", "anchor_points", "detect_face_landmarks", "frame_file", "frame_image", "frame_images",
+    "framed_batches", "get_framing", "register_framing", "resolve_framing", "similarity_transform",
 ]
