@@ -12,6 +12,11 @@ Signatures (all take `image`: float32 `(N, 227, 227, 3)`, RGB pixel values 0..25
   `(N, 227, 227)` (LRP relevance summed over the colour channels). Traced without XLA.
 - `explain_xla`: the same under XLA; it only runs where XLA may compile (TF Serving with
   `--xla_cpu_compilation_enabled=true`, `psyattr serve --xla-cpu-compilation-enabled`).
+- `predict_image` and `explain_image`: the same as `serving_default` and `explain`, taking `photo`: string
+  `(N,)`, one encoded JPEG, PNG, GIF or BMP file per element, already framed as the model expects (the
+  256 px frame of `psyattr.json`'s framing; other sizes are resized to it). Decoding runs in the graph with
+  core TensorFlow ops. A photo that is no image fails the request (INVALID_ARGUMENT, naming the element):
+  `psyattr serve` checks every photo before it runs, and `ExplainerClient` sends the others again.
 - `metadata`: takes `request`: string `(N,)` (any text) and returns `psyattr_json` `(N,)`, the export's
   `psyattr.json`: the outputs, their rating scales and the framing its photos need. Clients read it to
   frame photos as the model expects before sending them.
@@ -46,7 +51,8 @@ from psyattr.models.weights import recorded_framing
 
 log = logging.getLogger(__name__)
 
-SIGNATURES = ("serving_default", "explain", "explain_xla", "metadata")
+SIGNATURES = ("serving_default", "explain", "explain_xla", "metadata", "predict_image", "explain_image")
+FRAME_SIZE = 256
 WARMUP_FILE = "tf_serving_warmup_requests"
 METADATA_FILE = "psyattr.json"
 ASSETS_EXTRA = "assets.extra"
@@ -152,6 +158,7 @@ class SignatureBuilder:
         image = tf.TensorSpec((None, 227, 227, 3), tf.float32, name="image")
         target = tf.TensorSpec((None,), tf.string, name="target")
         index = tf.TensorSpec((None,), tf.int32, name="index")
+        photo = tf.TensorSpec((None,), tf.string, name="photo")
         self._core = tf.function(self._explain_core, input_signature=[image, index], jit_compile=False)
         self._core_xla = tf.function(self._explain_core, input_signature=[image, index], jit_compile=True)
         self.metadata_json = ""
@@ -161,6 +168,8 @@ class SignatureBuilder:
             "explain_xla": tf.function(self._explain_xla, input_signature=[image, target]),
             "metadata": tf.function(self._metadata_signature,
                                     input_signature=[tf.TensorSpec((None,), tf.string, name="request")]),
+            "predict_image": tf.function(self._predict_image, input_signature=[photo]),
+            "explain_image": tf.function(self._explain_image, input_signature=[photo, target]),
         }
 
     def _named_outputs(self, outputs: tf.Tensor, pre_activations: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -187,6 +196,31 @@ class SignatureBuilder:
         named.update(target_index=index, target_score=tf.cast(tf.gather(pre_activations, index, batch_dims=1), tf.float32),
                      heatmap=tf.reduce_sum(tf.cast(relevance, tf.float32), axis=-1))
         return named
+
+    def _decode_photos(self, photos: tf.Tensor) -> tf.Tensor:
+        """Encoded JPEG/PNG/GIF/BMP photos `(N,)`, framed already, to model inputs: the 256 px frame's centre crop."""
+        def decode(item):
+            index, data = item
+            magic = tf.strings.substr(data, 0, 4)
+            known = tf.reduce_any(tf.stack([
+                tf.strings.substr(magic, 0, 3) == b"\xff\xd8\xff", magic == b"\x89PNG",
+                tf.strings.substr(magic, 0, 3) == b"GIF", tf.strings.substr(magic, 0, 2) == b"BM"]))
+            check = tf.debugging.Assert(known, ["photo", index, "is not a JPEG, PNG, GIF or BMP image"])
+            with tf.control_dependencies([check]):
+                pixels = tf.io.decode_image(data, channels=3, expand_animations=False)
+            # The client sends the 256 px frame; other sizes are resized to it (aspect not kept), as framing "none".
+            frame = tf.image.resize(tf.cast(pixels, tf.float32), [FRAME_SIZE, FRAME_SIZE], antialias=True)
+            offset = (FRAME_SIZE - 227) // 2
+            return tf.clip_by_value(frame[offset:offset + 227, offset:offset + 227, :], 0.0, 255.0)
+
+        count = tf.shape(photos)[0]
+        return tf.map_fn(decode, (tf.range(count), photos), fn_output_signature=tf.TensorSpec((227, 227, 3), tf.float32))
+
+    def _predict_image(self, photo: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self._predict(self._decode_photos(photo))
+
+    def _explain_image(self, photo: tf.Tensor, target: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self._explain_with(self._core, self._decode_photos(photo), target)
 
     def _metadata_signature(self, request: tf.Tensor) -> dict[str, tf.Tensor]:
         # The export's psyattr.json, one copy per request row: clients learn the framing and outputs over the
@@ -248,8 +282,10 @@ def _warmup_records(builder: SignatureBuilder, name: str) -> list[bytes]:
     image = tf.make_tensor_proto(np.full((1, 227, 227, 3), 127.5, np.float32))
     records = []
     # explain_xla is left out: a server without XLA would fail the warmup and refuse the whole version.
+    photo = tf.make_tensor_proto(np.array([_grey_png()], dtype=object))
     for signature, inputs in (("serving_default", {"image": image}),
-                              ("explain", {"image": image, "target": tf.make_tensor_proto(np.array([b""]))})):
+                              ("explain", {"image": image, "target": tf.make_tensor_proto(np.array([b""]))}),
+                              ("explain_image", {"photo": photo, "target": tf.make_tensor_proto(np.array([b""]))})):
         request = predict_pb2.PredictRequest()
         request.model_spec.name = name
         request.model_spec.signature_name = signature
@@ -258,6 +294,16 @@ def _warmup_records(builder: SignatureBuilder, name: str) -> list[bytes]:
         log_record = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
         records.append(log_record.SerializeToString())
     return records
+
+
+def _grey_png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (FRAME_SIZE, FRAME_SIZE), (128, 128, 128)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _write_warmup(path: Path, records: list[bytes]) -> None:
@@ -280,6 +326,8 @@ def _metadata(builder: SignatureBuilder, name: str, version: int, source: str, f
         "composite": builder.composite,
         "signatures": list(SIGNATURES),
         "image": {"shape": [None, 227, 227, 3], "dtype": "float32", "pixels": "RGB 0..255"},
+        "photo": {"shape": [None], "dtype": "string", "formats": ["JPEG", "PNG", "GIF", "BMP"],
+                  "frame": [FRAME_SIZE, FRAME_SIZE], "signatures": ["predict_image", "explain_image"]},
         "framing": framing,
     }
     layer = builder.scores_layer

@@ -88,7 +88,28 @@ def validate_request(
         feeds[alias] = value
     if "target" in feeds and output_names:
         _check_targets(feeds["target"], output_names)
+    if "photo" in feeds:
+        _check_photos(feeds["photo"])
     return feeds, batch
+
+
+def _check_photos(values: np.ndarray) -> None:
+    # Each photo is decoded here first, so that one that is no image is refused alone, by its number, before it can
+    # fail a batch shared with other requests.
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    for i, raw in enumerate(values.ravel()):
+        data = raw if isinstance(raw, bytes) else str(raw).encode()
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                if image.format not in ("JPEG", "PNG", "GIF", "BMP"):
+                    raise ValueError(f"a {image.format} image")
+                image.load()
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+            raise invalid(f"photo {i} is not a complete JPEG, PNG, GIF or BMP image ({str(err)[:80]}): send the "
+                          "file's bytes as they are") from None
 
 
 def _check_shape(alias: str, info, shape: tuple[int, ...]) -> None:
