@@ -38,8 +38,8 @@ def zennit_python() -> str:
     check = "import importlib.util, sys, torch; sys.exit(importlib.util.find_spec('zennit') is None)"
     found = subprocess.run([python, "-c", check], capture_output=True, text=True)
     if found.returncode != 0:
-        pytest.skip(f"${compare.ZENNIT_PYTHON_ENV}={python} cannot import torch and zennit: "
-                    f"{found.stderr.strip().splitlines()[-1:] or found.returncode}")
+        reason = (found.stderr.strip().splitlines() or ["zennit not found"])[-1]
+        pytest.skip(f"${compare.ZENNIT_PYTHON_ENV}={python} cannot import torch and zennit: {reason}")
     return python
 
 
