@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from psyattr.data.cache import decode_images
+from psyattr.faces.framing import frame_images, get_framing
 from psyattr.models import build_base_model
 from psyattr.models.levi_hassner import CLASS_NAMES
 from psyattr.models.metrics import classification_scores, confusion_matrix
@@ -31,6 +31,15 @@ TERMS = {
 }
 
 
+def _augmentation(config: dict) -> str:
+    ranges = config.get("augmentation")
+    if not ranges:
+        return ""
+    return (f", scale +-{ranges['scale']:.0%}, rotation +-{ranges['rotation']:g} degrees, shifts +-{ranges['shift']:g} px, "
+            f"brightness +-{ranges['brightness'] * 255:.0f} of 255, contrast and saturation x(1 +-{ranges['contrast']:g}), "
+            f"grayscale {ranges['grayscale']:.0%} of the time")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
@@ -41,11 +50,12 @@ def main() -> None:
     state = json.loads((args.run_dir / "state.json").read_text())
     split = json.loads((args.run_dir / "split.json").read_text())
     task = config["task"]
-    model = build_base_model(task, weights=args.run_dir / "model.keras")
+    framing = get_framing(config.get("framing", "none"))
+    model = build_base_model(task, weights=args.run_dir / "model.keras", framing=framing.to_json())
     out = PRESET_DIR / f"{task}_{args.name}.npz"
     PRESET_DIR.mkdir(parents=True, exist_ok=True)
     digest = save_npz_weights(model, out, dtype="float16")
-    shipped = build_base_model(task, weights=out)
+    shipped = build_base_model(task, weights=out, framing=framing.to_json())
 
     from psyattr.data.utkface import parse_utkface_name
     from psyattr.data.labels import age_to_group
@@ -55,7 +65,7 @@ def main() -> None:
     for p in test_paths:
         age, gender = parse_utkface_name(p.name)
         labels.append(age_to_group(age) if task == "age" else gender)
-    images, kept = decode_images(test_paths, 256, progress=False)
+    images, kept = frame_images(test_paths, framing, progress=False)
     labels = np.asarray(labels)[kept]
     predicted = predict_classes(shipped, images)
     scores = classification_scores(labels, predicted)
@@ -64,7 +74,7 @@ def main() -> None:
 
     presets = available_presets()
     presets.setdefault(args.name, {})[task] = {"file": out.name, "sha256": digest, "test": scores,
-                                               "test_oversampled": oversampled}
+                                               "test_oversampled": oversampled, "framing": framing.to_json()}
     PRESET_INDEX.write_text(json.dumps(presets, indent=2, sort_keys=True) + "\n")
 
     data, terms = TERMS.get(args.name, (args.name, "See the data set's own terms."))
@@ -89,8 +99,15 @@ train / validation / test = {counts["train"]} / {counts["validation"]} / {counts
 Age groups: nearest Adience group by years, boundaries at the midpoints (0-2 | 3-6 | 7-13 | 14-22 | 23-34 | 35-45 |
 46-56 | 57+).
 
+## Framing
+`{framing.name}`: {framing.description}. Each photo is framed by the similarity transform that puts its eye and mouth
+centres (found by psyattr's face-mesh detector) where the template has them; {counts["test"] - scores["count"]} test
+photo(s) in which no face was found are left out. Every path of psyattr frames photos this way before this net sees
+them (the net records its framing).
+
 ## Recipe
-Levi & Hassner's: 256 px images, random 227 px crops and mirroring, Gaussian initialisation (std 0.01 conv and fc8,
+Levi & Hassner's, with augmentation for what framing cannot remove: 256 px framed images, random 227 px crops and
+mirroring{_augmentation(config)}; Gaussian initialisation (std 0.01 conv and fc8,
 0.005 fc6/fc7; bias 1 for conv2/fc6/fc7), SGD with momentum {config["momentum"]}, weight decay {config["weight_decay"]},
 dropout {config["dropout"]}, batch {config["batch_size"]}, learning rate {config["learning_rate"]} times
 {config["lr_decay"]} every {config["lr_step_epochs"]} epochs, {state["epoch"]} epochs, precision {config["precision"]}
