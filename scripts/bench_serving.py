@@ -5,9 +5,11 @@ The model is exported to a temporary folder and served by `psyattr serve` in its
 enabled, so that `explain_xla` runs too). In process, two things are timed: `LRPExplainer` (relevance
 only) and the exported signature's function (relevance plus every model output), without XLA and with
 it. Methods are timed in interleaved rounds, so that the printed ratios compare numbers measured under
-the same machine load. Usage:
+the same machine load. `--rest` instead compares the REST API with gRPC at batch 16: time per image of
+`serving_default` and `explain` through `ExplainerClient`, and the bytes per image on the wire. Usage:
 
     python scripts/bench_serving.py [--model age] [--rounds 30] [--rounds-16 5] [--server HOST:PORT --name NAME]
+    python scripts/bench_serving.py --rest [--rounds-16 5] [--server HOST:PORT --rest-server http://HOST:PORT]
 """
 
 from __future__ import annotations
@@ -32,19 +34,19 @@ GROUPS = (("LRPExplainer", "signature explain", "gRPC explain"),
           ("LRPExplainer, XLA", "signature explain_xla", "gRPC explain_xla"))
 
 
-def start_server(models_dir: Path) -> tuple[subprocess.Popen, str]:
-    """`psyattr serve` on a free loopback port, XLA enabled; returns the process and its address."""
+def start_server(models_dir: Path) -> tuple[subprocess.Popen, str, str]:
+    """`psyattr serve` on free loopback ports, XLA enabled; returns the process and its gRPC and REST addresses."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     process = subprocess.Popen([sys.executable, "-m", "psyattr", "serve", "--models", str(models_dir), "--port", "0",
-                                "--xla-cpu-compilation-enabled"], env=env, stdout=subprocess.PIPE,
+                                "--rest-port", "0", "--xla-cpu-compilation-enabled"], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL, text=True)
     line = process.stdout.readline()
-    match = re.search(r" on (\S+:\d+) ", line)
+    match = re.search(r" on (\S+:\d+) .* and (http://\S+:\d+) ", line)
     if not match:
         process.kill()
         raise RuntimeError(f"psyattr serve did not start: {line!r}")
     threading.Thread(target=process.stdout.read, daemon=True).start()  # keep its stdout drained
-    return process, match.group(1)
+    return process, match.group(1), match.group(2)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -66,6 +68,58 @@ def timed(calls: dict, rounds: int) -> dict[str, list[float]]:
     return times
 
 
+def rest_against_grpc(address: str, rest_address: str, name: str, rounds: int) -> None:
+    """Print REST against gRPC at batch 16: ms per image (median over interleaved rounds) and bytes per image."""
+    import json
+
+    import tensorflow as tf
+    import urllib3
+    from tensorflow_serving.apis import predict_pb2
+
+    from psyattr.serving import ExplainerClient
+    from psyattr.serving.transports import GrpcTransport, Target, json_value
+
+    images = faces(16)
+    targets = np.array([b"0"] * 16, dtype=object)
+    with ExplainerClient(address, name, timeout=600, batch_size=16) as grpc_client, \
+            ExplainerClient(rest_address, name, timeout=600, batch_size=16) as rest_client:
+        calls = {"gRPC serving_default": lambda: grpc_client.predict(images),
+                 "REST serving_default": lambda: rest_client.predict(images),
+                 "gRPC explain": lambda: grpc_client.explain(images, 0),
+                 "REST explain": lambda: rest_client.explain(images, 0)}
+        grpc_heatmap, rest_heatmap = grpc_client.explain(images, 0).heatmap, rest_client.explain(images, 0).heatmap
+        times = timed(calls, rounds)
+
+    request = predict_pb2.PredictRequest()
+    Target(name).fill(request.model_spec, "explain")
+    request.inputs["image"].CopyFrom(tf.make_tensor_proto(images))
+    request.inputs["target"].CopyFrom(tf.make_tensor_proto(targets))
+    transport = GrpcTransport(address, 600, 512 << 20)
+    grpc_answer = transport.prediction.Predict(request, timeout=600).ByteSize()
+    transport.close()
+    body = json.dumps({"signature_name": "explain", "inputs": {"image": json_value(images),
+                                                                "target": json_value(targets)}},
+                      separators=(",", ":")).encode()
+    rest_answer = urllib3.connection_from_url(rest_address).request(
+        "POST", f"/v1/models/{name}:predict", body=body, timeout=600.0).data
+    start = time.perf_counter()
+    np.array(json.loads(rest_answer)["outputs"]["heatmap"], dtype=np.float32)
+    decode = time.perf_counter() - start
+
+    print(f"\nbatch 16, REST against gRPC, ms per image over {rounds} interleaved rounds (median)")
+    print(f"  {'method':24s} {'ms/image':>9s} {'x gRPC':>7s}")
+    for signature in ("serving_default", "explain"):
+        base = statistics.median(times[f"gRPC {signature}"]) / 16
+        for protocol in ("gRPC", "REST"):
+            value = statistics.median(times[f"{protocol} {signature}"]) / 16
+            print(f"  {protocol + ' ' + signature:24s} {value * 1e3:9.1f} {value / base:7.2f}")
+    print(f"explain bytes per image: request gRPC {request.ByteSize() / 16:,.0f}, REST {len(body) / 16:,.0f}; "
+          f"answer gRPC {grpc_answer / 16:,.0f}, REST {len(rest_answer) / 16:,.0f} "
+          f"(x{len(rest_answer) / grpc_answer:.2f})")
+    print(f"client-side JSON decode of one REST explain answer: {decode / 16 * 1e3:.1f} ms per image; "
+          f"REST and gRPC heatmaps differ by {np.abs(rest_heatmap - grpc_heatmap).max():.2g} at most")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="model spec (default: the age net, random weights)")
@@ -74,6 +128,8 @@ def main() -> None:
     parser.add_argument("--rounds-16", type=int, default=5, help="rounds at batch 16 (throughput)")
     parser.add_argument("--server", help="benchmark this running server instead of starting one (needs --name)")
     parser.add_argument("--name", default="psyattr_bench", help="served model name")
+    parser.add_argument("--rest", action="store_true", help="only compare the REST API with gRPC at batch 16")
+    parser.add_argument("--rest-server", help="the REST address of --server (http://HOST:PORT)")
     args = parser.parse_args()
 
     import tensorflow as tf
@@ -85,15 +141,26 @@ def main() -> None:
     from psyattr.serving import ExplainerClient
 
     model = load_model(args.model) if args.model else build_base_model("age")
-    local = [LRPExplainer(model, args.composite, jit_compile=False), LRPExplainer(model, args.composite, jit_compile=True)]
-    signatures = SignatureBuilder(model, args.composite).functions
     with tempfile.TemporaryDirectory() as tmp:
         process = None
         if args.server:
-            address = args.server
+            address, rest_address = args.server, args.rest_server
         else:
             export_model(model, tmp, args.name, composite=args.composite)
-            process, address = start_server(Path(tmp))
+            process, address, rest_address = start_server(Path(tmp))
+        if args.rest:
+            print(f"{os.cpu_count()} CPU threads, TensorFlow {tf.__version__}; served by "
+                  f"{'psyattr serve (own process)' if process else address}; {args.composite}")
+            try:
+                rest_against_grpc(address, rest_address, args.name, args.rounds_16)
+            finally:
+                if process is not None:
+                    process.terminate()
+                    process.wait(60)
+            return
+        local = [LRPExplainer(model, args.composite, jit_compile=False),
+                 LRPExplainer(model, args.composite, jit_compile=True)]
+        signatures = SignatureBuilder(model, args.composite).functions
         client = ExplainerClient(address, args.name, timeout=600, batch_size=16)
         print(f"{os.cpu_count()} CPU threads, TensorFlow {tf.__version__}; served by "
               f"{'psyattr serve (own process)' if process else address}; {args.composite}")

@@ -1,19 +1,22 @@
 #!/usr/bin/env python
 """Load test: concurrent clients send a fixed mix of valid and invalid requests to the embedded server.
 
-Every valid answer is checked against in-process Keras and LRP, to 1e-4 of each output's range: the
-server batches requests from different clients, and float rounding depends on the batch size (by up to
-3e-5 on the default net, in process too). Every invalid request must get its expected gRPC status,
-and the server may answer INTERNAL only to explain_xla (as TF Serving does without XLA). Exits 1 on any
-mismatch. The model is exported to a temporary folder and served in this process on a free loopback port, with
-XLA disabled as TF Serving does by default. Usage:
+Part of the clients (`--rest-clients`, half by default) send the same requests as JSON to the REST API,
+the others over gRPC; both land in the same batches. Every valid answer is checked against in-process
+Keras and LRP, to 1e-4 of each output's range: the server batches requests from different clients, and
+float rounding depends on the batch size (by up to 3e-5 on the default net, in process too). Every
+invalid request must get its expected status (over REST: the HTTP status TF Serving gives that code, and
+the code in the X-Grpc-Code header), and the server may answer INTERNAL only to explain_xla (as TF
+Serving does without XLA). Exits 1 on any mismatch. The model is exported to a temporary folder and
+served in this process on free loopback ports, with XLA disabled as TF Serving does by default. Usage:
 
-    python scripts/load_test.py [--clients 8] [--requests 24] [--model age]
+    python scripts/load_test.py [--clients 8] [--rest-clients 4] [--requests 24] [--model age]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import tempfile
 import threading
@@ -39,6 +42,9 @@ INVALID = {
     "unknown target": grpc.StatusCode.INVALID_ARGUMENT,
     "explain_xla without XLA": grpc.StatusCode.INTERNAL,
 }
+# TF Serving's REST API answers a wrong signature name with INVALID_ARGUMENT, and JSON has no float64: a
+# REST "wrong dtype" sends the pixels as strings.
+REST_INVALID = {**INVALID, "unknown signature": grpc.StatusCode.INVALID_ARGUMENT}
 # Half of the requests are valid: each client cycles through this schedule from its own offset.
 SCHEDULE = [kind for pair in zip(["predict", "explain"] * 5, INVALID) for kind in pair]
 
@@ -66,14 +72,40 @@ def build_request(kind: str, name: str, images: np.ndarray, index: int):
     return request
 
 
+def build_rest_request(kind: str, name: str, images: np.ndarray, index: int) -> tuple[str, bytes]:
+    """The REST path and JSON body (columnar format) of a request of the given kind for image `index`."""
+    import json
+
+    path = f"/v1/models/{'nope' if kind == 'unknown model' else name}"
+    path += "/versions/99:predict" if kind == "unknown version" else ":predict"
+    signature = {"explain": "explain", "unknown target": "explain", "unknown signature": "nope",
+                 "explain_xla without XLA": "explain_xla"}.get(kind, "serving_default")
+    image = images[index:index + 1]
+    image = {"wrong shape": image[:, :200], "empty batch": image[:0],
+             "NaN pixels": np.where(np.arange(3) == 1, np.nan, image)}.get(kind, image).tolist()
+    if kind == "wrong dtype":
+        image = [[[[str(v) for v in pixel] for pixel in row] for row in picture] for picture in image]
+    inputs = {"image": image}
+    if signature.startswith("explain"):
+        inputs["target"] = ["nope" if kind == "unknown target" else ""]
+    if kind == "missing input":
+        inputs = {}
+    return path, json.dumps({"signature_name": signature, "inputs": inputs}).encode()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--rest-clients", type=int, default=None, help="how many clients use REST (default: half)")
     parser.add_argument("--requests", type=int, default=24, help="requests per client")
     parser.add_argument("--model", default=None, help="model spec (default: the age net, random weights)")
     args = parser.parse_args()
+    rest_clients = args.clients // 2 if args.rest_clients is None else min(args.rest_clients, args.clients)
+
+    import json
 
     import keras
+    import urllib3
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
@@ -82,6 +114,7 @@ def main() -> int:
     from psyattr.models import build_base_model
     from psyattr.models.loading import load_model
     from psyattr.serving import ModelServer
+    from psyattr.serving.errors import CODE_HEADER, http_status
 
     keras.utils.set_random_seed(0)
     model = load_model(args.model) if args.model else build_base_model("age")
@@ -93,30 +126,50 @@ def main() -> int:
     expected_heatmaps = explainer(images, tops).relevance.sum(axis=-1)
 
     failures: list[str] = []
-    statuses: Counter[tuple[str, str]] = Counter()
-    latencies: dict[str, list[float]] = {"valid": [], "invalid": []}
+    statuses: Counter[tuple[str, str, str]] = Counter()
+    latencies: dict[str, list[float]] = {f"{p} {g}": [] for p in ("gRPC", "REST") for g in ("valid", "invalid")}
     lock = threading.Lock()
 
-    def run_client(client_id: int, address: str) -> None:
-        channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)])
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    def grpc_call(stub, kind: str, index: int):
+        try:
+            response = stub.Predict(build_request(kind, "psyattr_load", images, index), timeout=300)
+        except grpc.RpcError as err:
+            return err.code(), err.details(), None
+        return grpc.StatusCode.OK, None, {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+
+    def rest_call(pool, kind: str, index: int):
+        path, body = build_rest_request(kind, "psyattr_load", images, index)
+        response = pool.request("POST", path, body=body, timeout=300.0, retries=False)
+        code = grpc.StatusCode[response.headers[CODE_HEADER]]
+        answer = json.loads(response.data)
+        if response.status != http_status(code):
+            return code, f"HTTP {response.status} for {code.name}", None
+        if code != grpc.StatusCode.OK:
+            return code, answer["error"], None
+        return code, None, {k: np.array(v, dtype=np.float32) for k, v in answer["outputs"].items() if k != "target"}
+
+    def run_client(client_id: int, address: str, rest_address: str) -> None:
+        rest = client_id < rest_clients
+        if rest:
+            pool = urllib3.connection_from_url(rest_address)
+            send = functools.partial(rest_call, pool)
+        else:
+            channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)])
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            send = functools.partial(grpc_call, stub)
+        protocol = "REST" if rest else "gRPC"
         for i in range(args.requests):
             kind = SCHEDULE[(client_id * 3 + i) % len(SCHEDULE)]
             index = (client_id + i) % len(images)
-            request = build_request(kind, "psyattr_load", images, index)
             start = time.perf_counter()
-            try:
-                response = stub.Predict(request, timeout=300)
-                code, problem = grpc.StatusCode.OK, None
-            except grpc.RpcError as err:
-                code, problem, response = err.code(), err.details(), None
+            code, problem, outputs = send(kind, index)
             elapsed = time.perf_counter() - start
-            expected = grpc.StatusCode.OK if kind in VALID else INVALID[kind]
+            expected = grpc.StatusCode.OK if kind in VALID else (REST_INVALID if rest else INVALID)[kind]
             message = None
             if code != expected:
-                message = f"client {client_id} request {i} ({kind}): {code.name} {problem!r}, expected {expected.name}"
-            elif response is not None:
-                outputs = {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+                message = (f"{protocol} client {client_id} request {i} ({kind}): {code.name} {problem!r}, expected "
+                           f"{expected.name}")
+            elif outputs is not None:
                 for key, value in expected_outputs.items():
                     if np.abs(outputs[key] - value[index:index + 1]).max() > TOLERANCE * np.abs(value).max():
                         message = f"client {client_id} request {i} ({kind}): {key} differs from in-process Keras"
@@ -125,18 +178,22 @@ def main() -> int:
                     if np.abs(outputs["heatmap"][0] - reference).max() > TOLERANCE * np.abs(reference).max():
                         message = f"client {client_id} request {i}: heatmap differs from in-process LRP"
             with lock:
-                statuses[(kind, code.name)] += 1
-                latencies["valid" if kind in VALID else "invalid"].append(elapsed)
+                statuses[(protocol, kind, code.name)] += 1
+                latencies[f"{protocol} {'valid' if kind in VALID else 'invalid'}"].append(elapsed)
                 if message:
                     failures.append(message)
-        channel.close()
+        if rest:
+            pool.close()
+        else:
+            channel.close()
 
     with tempfile.TemporaryDirectory() as tmp:
         export_model(model, tmp, "psyattr_load")
-        server = ModelServer(tmp, port=0).start()  # XLA disabled, as TF Serving by default
+        server = ModelServer(tmp, port=0, rest_port=0).start()  # XLA disabled, as TF Serving by default
         try:
             start = time.perf_counter()
-            threads = [threading.Thread(target=run_client, args=(c, server.address)) for c in range(args.clients)]
+            threads = [threading.Thread(target=run_client, args=(c, server.address, server.rest_address))
+                       for c in range(args.clients)]
             for thread in threads:
                 thread.start()
             for thread in threads:
@@ -148,10 +205,11 @@ def main() -> int:
             server.stop()
 
     total = args.clients * args.requests
-    print(f"{args.clients} clients x {args.requests} requests = {total} in {wall:.1f} s ({total / wall:.1f} req/s)")
-    print(f"  {'kind':26s} {'status':20s} {'count':>5s}")
-    for (kind, code), count in sorted(statuses.items()):
-        print(f"  {kind:26s} {code:20s} {count:5d}")
+    print(f"{args.clients} clients ({rest_clients} over REST) x {args.requests} requests = {total} in {wall:.1f} s "
+          f"({total / wall:.1f} req/s)")
+    print(f"  {'protocol':8s} {'kind':26s} {'status':20s} {'count':>5s}")
+    for (protocol, kind, code), count in sorted(statuses.items()):
+        print(f"  {protocol:8s} {kind:26s} {code:20s} {count:5d}")
     for group, values in latencies.items():
         if values:
             print(f"{group} requests: {len(values)}, median {np.median(values) * 1e3:.0f} ms, "
@@ -159,12 +217,13 @@ def main() -> int:
     runs = sum(batches.values())
     print(f"server statuses: {server_counts}; batches run: {runs}, requests per batch: max {max(batches, default=0)}, "
           f"mean {sum(size * n for size, n in batches.items()) / max(runs, 1):.2f}")
-    valid_errors = sum(n for (kind, code), n in statuses.items() if kind in VALID and code != "OK")
+    valid_errors = sum(n for (_, kind, code), n in statuses.items() if kind in VALID and code != "OK")
     print(f"valid requests answered with an error: {valid_errors}; mismatches: {len(failures)}")
     for failure in failures:
         print(f"  {failure}")
     # The only INTERNAL answers allowed are the explain_xla ones, which TF Serving gives the same way.
-    unexpected_internal = server_counts.get("INTERNAL", 0) - statuses[("explain_xla without XLA", "INTERNAL")]
+    unexpected_internal = server_counts.get("INTERNAL", 0) - sum(
+        n for (_, kind, code), n in statuses.items() if (kind, code) == ("explain_xla without XLA", "INTERNAL"))
     return 1 if failures or unexpected_internal else 0
 
 

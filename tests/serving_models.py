@@ -68,3 +68,29 @@ def assert_predictions_close(actual: dict[str, np.ndarray], expected: dict[str, 
     assert set(actual) == set(expected)
     for key, value in expected.items():
         np.testing.assert_allclose(actual[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def framed_inputs(paths, framing_record: dict | None) -> np.ndarray:
+    """The model inputs of photo files framed as a served model's export records, as the client frames them."""
+    from psyattr.faces import Framing, frame_file
+
+    assert framing_record is not None, "the export records no framing"
+    framing = Framing.from_json(framing_record)
+    return np.stack([frame_file(p, framing).model_input() for p in paths])
+
+
+def framed_pngs(images: np.ndarray) -> np.ndarray:
+    """Model inputs `(N, 227, 227, 3)` (whole pixel values) as PNG files of framed photos: the 256 px frame around them."""
+    import io
+
+    from PIL import Image
+
+    offset = (256 - 227) // 2
+    frames = np.pad(np.asarray(images).astype(np.uint8), ((0, 0), (offset, 256 - 227 - offset),
+                                                          (offset, 256 - 227 - offset), (0, 0)), mode="edge")
+    encoded = []
+    for frame in frames:
+        buffer = io.BytesIO()
+        Image.fromarray(frame).save(buffer, format="PNG")
+        encoded.append(buffer.getvalue())
+    return np.array(encoded, dtype=object)

@@ -88,14 +88,14 @@ def test_shared_scale_spans_all_models_and_grid_is_drawn(tmp_path):
     assert heatmap(np.ones((2, 4, 4, 3))).shape == (2, 4, 4)
 
 
-def test_explain_can_align_faces_first_and_skips_a_photo_without_one(tmp_path, random_age_model, yale_dir):
+def test_explain_frames_faces_first_and_skips_a_photo_without_one(tmp_path, random_age_model, yale_dir):
     from PIL import Image
 
     images = tmp_path / "images"
     images.mkdir()
     shutil.copy(yale_dir / "subject03.happy.gif", images / "subject03.happy.gif")
     Image.new("RGB", (120, 90), (200, 200, 200)).save(images / "wall.png")
-    result = CliRunner().invoke(cli, ["explain", "--model", str(random_age_model), "--align", "--no-progress",
+    result = CliRunner().invoke(cli, ["explain", "--model", str(random_age_model), "--framing", "omi", "--no-progress",
                                       "--composite", "epsilon", "--out", str(tmp_path / "out"), str(images)])
     assert result.exit_code == 0, result.output
     assert "explained 1 image(s)" in result.output and "no face found in" in result.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -13,16 +14,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from click.testing import CliRunner
+from PIL import Image
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
 import psyattr.export
 from psyattr.cli import cli
-from psyattr.data.images import load_model_input
 from psyattr.export import ExportError, export_model, list_versions
+from psyattr.models.weights import recorded_framing
 from tests.serving_models import (EXPLAIN_EXTRA_KEYS, GENDER_KEYS, REGRESSOR_KEYS, assert_heatmaps_close,
                                   assert_predictions_close, expected_explanations, expected_predictions,
-                                  random_regressor)
+                                  framed_inputs, framed_pngs, random_regressor)
 from tests.test_lrp_explainer import random_net
 from tests.tf_serving_loaders import LOADERS
 
@@ -100,9 +102,11 @@ def test_warmup_records_are_predict_requests_for_the_signatures_any_server_runs(
     path = paths["psyattr_gender"] / "assets.extra" / "tf_serving_warmup_requests"
     records = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in tf.data.TFRecordDataset(str(path))]
     requests = [r.predict_log.request for r in records]
-    assert [r.model_spec.signature_name for r in requests] == ["serving_default", "explain"]
+    assert [r.model_spec.signature_name for r in requests] == ["serving_default", "explain", "explain_image"]
     assert {r.model_spec.name for r in requests} == {"psyattr_gender"}
     assert [d.size for d in requests[1].inputs["image"].tensor_shape.dim] == [1, 227, 227, 3]
+    photo = tf.make_ndarray(requests[2].inputs["photo"])
+    assert photo.shape == (1,) and Image.open(io.BytesIO(photo[0])).size == (256, 256)
     meta = json.loads((paths["psyattr_gender"] / "assets.extra" / "psyattr.json").read_text())
     assert meta["outputs"] == ["male", "female"] and meta["composite"] == "alpha2beta1"
 
@@ -129,7 +133,8 @@ def test_tf_serving_loaders_give_in_process_keras_numbers(exports, expected, ima
 def test_with_xla_disabled_as_in_tf_serving_explain_xla_fails_cleanly_and_the_rest_works(exports, expected, images,
                                                                                          tmp_path):
     _, paths = exports
-    np.savez(tmp_path / "inputs.npz", image=images, target=TARGETS)
+    np.savez(tmp_path / "inputs.npz", image=images, target=TARGETS, photo=framed_pngs(images),
+             request=np.array([b"", b"x"], dtype=object))
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     result = subprocess.run([sys.executable, "-m", "tests.tf_serving_loaders", str(tmp_path / "inputs.npz"),
                              str(tmp_path / "out"), *map(str, paths.values()), "--disable-xla"],
@@ -144,10 +149,17 @@ def test_with_xla_disabled_as_in_tf_serving_explain_xla_fails_cleanly_and_the_re
         for loader in LOADERS:
             with np.load(out / f"{loader}.serving_default.npz") as data:
                 assert_predictions_close(dict(data), expected[name]["serving_default"])
-            with np.load(out / f"{loader}.explain.npz", allow_pickle=True) as data:
-                assert [t.decode() for t in data["target"]] == targets
-                assert_heatmaps_close(data["heatmap"], heatmaps)
-                np.testing.assert_allclose(data["target_score"], scores, rtol=1e-5)
+            with np.load(out / f"{loader}.predict_image.npz") as data:
+                assert_predictions_close(dict(data), expected[name]["serving_default"])
+            for signature in ("explain", "explain_image"):  # photos framed already give the numbers of the pixels
+                with np.load(out / f"{loader}.{signature}.npz", allow_pickle=True) as data:
+                    assert [t.decode() for t in data["target"]] == targets
+                    assert_heatmaps_close(data["heatmap"], heatmaps)
+                    np.testing.assert_allclose(data["target_score"], scores, rtol=1e-5)
+            with np.load(out / f"{loader}.metadata.npz", allow_pickle=True) as data:
+                records = [json.loads(value) for value in data["psyattr_json"]]
+            recorded = json.loads((paths[name] / "assets.extra" / "psyattr.json").read_text())
+            assert records == [recorded, recorded] and recorded["framing"]["name"] == "utkface"
 
 
 def test_a_stock_server_refuses_nan_pixels_and_unknown_targets_inside_the_graph(exports, images):
@@ -185,7 +197,7 @@ def test_versions_are_never_overwritten_and_a_failed_export_leaves_nothing(expor
 def test_export_refuses_bad_names_and_versions(models, tmp_path):
     with pytest.raises(ExportError, match="model name 'bad/name'"):
         export_model(models["psyattr_gender"], tmp_path, "bad/name")
-    with pytest.raises(ExportError, match="positive integer"):
+    with pytest.raises(ExportError, match=r"version must be a whole number from 1 to 9223372036854775807"):
         export_model(models["psyattr_gender"], tmp_path, "ok", version=0)
     assert not any(tmp_path.iterdir())
 
@@ -220,9 +232,12 @@ def test_predict_command_without_a_server_gives_the_serving_outputs_in_process(m
                                       str(image), str(tmp_path / "broken.jpg")])
     assert result.exit_code == 0, result.output
     assert "scored 1 image(s)" in result.output and "skipped" in result.output
-    (record,) = json.loads((tmp_path / "scores.json").read_text())
-    expected = expected_predictions(models["psyattr_gender"], load_model_input(image)[None])
-    assert record["image"] == str(image)
+    record, failed = json.loads((tmp_path / "scores.json").read_text())
+    assert failed["image"] == str(tmp_path / "broken.jpg") and "cannot decode" in failed["error"]
+    # The photo is framed as the model records (utkface) before it is scored.
+    framed = framed_inputs([image], recorded_framing(models["psyattr_gender"]))
+    expected = expected_predictions(models["psyattr_gender"], framed)
+    assert record["image"] == str(image) and record["framing"] == "utkface"
     assert record["outputs"] == pytest.approx({k: float(v[0]) for k, v in expected.items()}, rel=1e-5, abs=1e-6)
     result = CliRunner().invoke(cli, ["predict", "--model", str(run_dir), str(tmp_path / "missing.jpg")])
     assert result.exit_code != 0 and "no such image or folder" in result.output

@@ -298,33 +298,3 @@ def test_region_outlines_are_drawn(omi):
     assert outline[:, 0].min() - 3 <= xs.min() and xs.max() <= outline[:, 0].max() + 3
     with pytest.raises(KeyError, match="forehead"):
         draw_regions(image, regions, names=["forehead"])
-
-
-def test_alignment_puts_eyes_and_mouth_where_omi_has_them(yale_dir):
-    from psyattr.faces import OMI_TEMPLATE, align_face, aligned_model_input
-    from psyattr.faces.alignment import anchor_points, similarity_transform
-    from psyattr.faces.sources import detect_landmarks, load_original_rgb
-
-    image = load_original_rgb(yale_dir / "subject02.sad.gif")
-    aligned, moved = align_face(image, detect_landmarks(image))
-    assert aligned.shape == (256, 256, 3)
-    assert np.abs(anchor_points(moved) - OMI_TEMPLATE).max() < 6.0
-    model_input, regions = aligned_model_input(yale_dir / "subject02.sad.gif")
-    assert model_input.shape == (227, 227, 3) and model_input.dtype == np.float32
-    rows, cols = np.nonzero(regions["mouth"])
-    assert abs(rows.mean() - (189.5 - 14)) < 8 and abs(cols.mean() - (128.1 - 14)) < 8
-    # The fitted transform is a similarity: a rotated, scaled, shifted copy of the template maps back exactly.
-    angle, scale = 0.3, 1.7
-    rotation = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    moved_template = OMI_TEMPLATE @ rotation.T + [5.0, -3.0]
-    matrix = similarity_transform(moved_template, OMI_TEMPLATE)
-    np.testing.assert_allclose(moved_template @ matrix[:, :2].T + matrix[:, 2], OMI_TEMPLATE, atol=1e-9)
-
-
-def test_alignment_reports_a_photo_without_a_face(tmp_path):
-    from PIL import Image
-
-    from psyattr.faces import aligned_model_input
-
-    Image.new("RGB", (200, 200), (128, 128, 128)).save(tmp_path / "wall.png")
-    assert aligned_model_input(tmp_path / "wall.png") is None

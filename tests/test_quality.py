@@ -198,7 +198,7 @@ def test_mean_perturbation_and_per_image_targets(quadrant_model, images):
 def test_clear_errors(quadrant_model, images):
     with pytest.raises(ValueError, match=r"unknown attribution method 'lime': expected one of epsilon, .*, random"):
         run_region_perturbation(quadrant_model, images, 0, ["epsilon", "lime"])
-    with pytest.raises(ValueError, match=r"images must have shape \(N, 227, 227, 3\) .* got \(2, 224, 224, 3\)"):
+    with pytest.raises(ValueError, match=r"images must have shape \(N, 227, 227, 3\).* got \(2, 224, 224, 3\)"):
         run_region_perturbation(quadrant_model, np.zeros((2, 224, 224, 3)), 0, ["random"])
     with pytest.raises(ValueError, match="add a batch axis"):
         run_region_perturbation(quadrant_model, images[0], 0, ["random"])

@@ -95,7 +95,7 @@ def test_corrupt_images_are_skipped_named_and_counted(tmp_path, utkface_dir, cap
     with caplog.at_level(logging.WARNING):
         images, kept = decode_images([good[0], bad, good[1]], size=64, cache_dir=tmp_path / "cache", progress=False)
     assert images.shape == (2, 64, 64, 3) and kept.tolist() == [0, 2]
-    assert "skipped 1 unreadable image(s): 30_0_0_2017.jpg.chip.jpg" in caplog.text
+    assert "skipped 1 image(s) that could not be used: 30_0_0_2017.jpg.chip.jpg: cannot decode" in caplog.text
     again, kept_again = decode_images([good[0], bad, good[1]], size=64, cache_dir=tmp_path / "cache", progress=False)
     assert np.array_equal(again, images) and kept_again.tolist() == [0, 2]
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 1

@@ -31,7 +31,7 @@ from psyattr.data.images import load_model_input
 from psyattr.export import export_model
 from psyattr.serving import BatchingParameters, ExplainerClient, ModelServer, ServingError
 from tests.serving_models import (EXPLAIN_EXTRA_KEYS, REGRESSOR_KEYS, assert_heatmaps_close, assert_predictions_close,
-                                  expected_explanations, expected_predictions, random_regressor)
+                                  expected_explanations, expected_predictions, framed_inputs, random_regressor)
 from tests.test_lrp_explainer import random_net
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,7 +126,7 @@ def test_explain_xla_runs_on_a_server_with_xla_enabled(server, models, face_imag
         result = client.explain(face_images[:2], ["female", 0], xla=True)
     names, scores, heatmaps = expected_explanations(models["psyattr_gender"], face_images[:2], ["female", "0"],
                                                     xla=True)
-    assert result.targets == names == ["female", "male"]
+    assert result.target_names == names == ["female", "male"]
     np.testing.assert_allclose(result.scores, scores, rtol=1e-5)
     assert_heatmaps_close(result.heatmap, heatmaps)
 
@@ -153,14 +153,16 @@ def test_metadata_and_status_answer_like_tf_serving(server, stub):
     (status,) = models_stub.GetModelStatus(status_request, timeout=10).model_version_status
     assert (status.version, status.state, status.status.error_code) == (
         1, get_model_status_pb2.ModelVersionStatus.AVAILABLE, 0)
-    for name, version, message in (("nope", None, "Could not find any versions of model nope"),
-                                   (REGRESSOR, 9, f"Could not find version 9 of model {REGRESSOR}")):
+    for name, version, code, message in (
+            ("nope", None, grpc.StatusCode.NOT_FOUND, "Could not find any versions of model nope"),
+            ("", None, grpc.StatusCode.INVALID_ARGUMENT, "ModelSpec has no name specified."),
+            (REGRESSOR, 9, grpc.StatusCode.NOT_FOUND, f"Could not find version 9 of model {REGRESSOR}")):
         status_request.model_spec.name = name
         if version is not None:
             status_request.model_spec.version.value = version
         with pytest.raises(grpc.RpcError) as caught:
             models_stub.GetModelStatus(status_request, timeout=10)
-        assert (caught.value.code(), caught.value.details()) == (grpc.StatusCode.NOT_FOUND, message)
+        assert (caught.value.code(), caught.value.details()) == (code, message)
     channel.close()
 
 
@@ -220,6 +222,10 @@ BAD_REQUESTS = {
     "unknown version": (_spec(version=7), grpc.StatusCode.NOT_FOUND,
                         rf"^Servable not found for request: Specific\({REGRESSOR}, 7\)$"),
     "unknown label": (_spec(version_label="nope"), INVALID, "^Unrecognized servable version label: nope$"),
+    "empty model name": (_spec(name=""), INVALID, r"^ModelSpec has no name specified\.$"),
+    "10 MB label": (_spec(version_label="x" * (10 << 20)), INVALID, r"^Unrecognized servable version label: x{64}\.\.\.$"),
+    "10 MB target": (_explain([b"s" * (10 << 20)]), INVALID,
+                     r"^unknown target 's{64}\.\.\.' \(10485760 characters\): the outputs .*\(image 0\)$"),
     "unknown signature": (_spec(signature_name="nope"), grpc.StatusCode.FAILED_PRECONDITION,
                           '^Serving signature key "nope" not found.$'),
     "missing model spec": (_no_spec, INVALID, "^Missing ModelSpec$"),
@@ -235,7 +241,8 @@ BAD_REQUESTS = {
                    r"input 'image' must have 4 dimensions \(N, 227, 227, 3\), got 3 .*add a batch axis"),
     "empty batch": (_inputs(image=lambda x: x[:0]), INVALID, "input 'image' is an empty batch"),
     "NaN pixels": (_inputs(image=_nan), INVALID, r"input 'image' contains NaN or infinite values \(rows 1\)"),
-    "unknown target": (_explain([b"sad"]), INVALID, r"unknown target 'sad' \(image 0\).*happy, attractive"),
+    "unknown target": (_explain([b"sad"]), INVALID,
+                       r"unknown target 'sad': the outputs of the model are happy, attractive .*\(image 0\)$"),
     "target count": (_explain([b"happy", b"happy"]), INVALID, "inputs must hold the same number of rows"),
     "unknown output": (_filter, INVALID, "^output tensor alias not found in signature: nope"),
     "too many images": (_inputs(image=lambda x: np.concatenate([x] * 3)[:MAX_BATCH + 1]), INVALID,
@@ -278,7 +285,7 @@ def test_the_client_receives_heatmaps_beyond_grpcs_4_mib_default(server, face_im
     images = np.concatenate([face_images, face_images, face_images[:1]])  # 21 images in one request
     with ExplainerClient(server.address, REGRESSOR, timeout=300, batch_size=MAX_BATCH) as client:
         result = client.explain(images, "happy")
-    assert result.heatmap.nbytes > 4 << 20 and result.targets == ["happy"] * 21
+    assert result.heatmap.nbytes > 4 << 20 and result.target_names == ["happy"] * 21
     assert_heatmaps_close(result.heatmap[[0, 1, 2, 13, 14, 15]], happy_explanations[2][[0, 1, 2, 3, 4, 5]])
 
 
@@ -288,11 +295,13 @@ def test_the_client_splits_batches_and_retries_only_unavailable(server, serving_
     ok, invalid = counts["OK"], counts["INVALID_ARGUMENT"]
     with ExplainerClient(server.address, REGRESSOR, timeout=120, batch_size=2, retries=5) as client:
         result = client.explain(face_images[:3], "happy")
-        assert counts["OK"] == ok + 2  # 2 + 1 images
+        assert counts["OK"] == ok + 2 + 2  # 2 + 1 images, and the export's signatures and psyattr.json once
         assert_heatmaps_close(result.heatmap, happy_explanations[2][:3])
         with pytest.raises(ServingError, match="unknown target 'sad'") as caught:
             client.explain(face_images[:1], "sad")
-        assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT and counts["INVALID_ARGUMENT"] == invalid + 1
+        # The client knows the outputs from the export's metadata: a bad target fails before any request.
+        assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT and counts["INVALID_ARGUMENT"] == invalid
+        assert counts["OK"] == ok + 4
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -363,16 +372,20 @@ def test_new_versions_are_served_without_restart_and_broken_ones_are_skipped(ser
 
 def test_cli_predict_and_explain_ask_the_server(server, omi_dir, tmp_path):
     images = [omi_dir / "images_256" / name for name in ("1.jpg", "2.jpg")]
-    arrays = np.stack([load_model_input(p) for p in images])
     with ExplainerClient(server.address, REGRESSOR, timeout=120) as client:
+        # The CLI frames each photo as the export records, then asks the server: the client's answer on those frames.
+        arrays = framed_inputs(images, client.framing)
         direct = client.predict(arrays)
         explained = client.explain(arrays[:1], "happy")
-    result = CliRunner().invoke(cli, ["predict", "--server", server.address, "--model", REGRESSOR, *map(str, images)])
-    assert result.exit_code == 0, result.output
-    records = [json.loads(line) for line in result.output.splitlines()]
-    assert [r["image"] for r in records] == list(map(str, images))
-    for i, record in enumerate(records):
-        assert record["outputs"] == pytest.approx({k: float(v[i]) for k, v in direct.items()}, rel=1e-6)
+        as_given = client.predict(np.stack([load_model_input(p) for p in images]))
+    for framing, expected in ((None, direct), ("none", as_given)):
+        result = CliRunner().invoke(cli, ["predict", "--server", server.address, "--model", REGRESSOR,
+                                          *(["--framing", framing] if framing else []), *map(str, images)])
+        assert result.exit_code == 0, result.output
+        records = [json.loads(line) for line in result.output.splitlines()]
+        assert [r["image"] for r in records] == list(map(str, images))
+        for i, record in enumerate(records):
+            assert record["outputs"] == pytest.approx({k: float(v[i]) for k, v in expected.items()}, rel=1e-6)
 
     out = tmp_path / "heatmaps"
     result = CliRunner().invoke(cli, ["explain", "--server", server.address, "--model", REGRESSOR, "--target", "happy",
@@ -396,7 +409,8 @@ def test_serve_command_disables_xla_like_tf_serving_and_stops_gracefully(serving
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     with open(tmp_path / "stderr.txt", "w") as stderr:
         process = subprocess.Popen([sys.executable, "-m", "psyattr", "serve", "--models", str(tmp_path / "models"),
-                                    "--port", "0"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+                                    "--port", "0", "--no-rest"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr,
+                                   text=True)
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
     try:

@@ -22,7 +22,10 @@ def _framing(requested, recorded, what):
 def _photos(images) -> list[Path]:
     from psyattr.data.images import list_images
 
-    paths = list_images(list(images))
+    try:
+        paths = list_images(list(images))
+    except FileNotFoundError as err:
+        fail(str(err))
     if not paths:
         fail(f"no images found in {', '.join(map(str, images))}")
     return paths
@@ -42,8 +45,8 @@ def _photos(images) -> list[Path]:
 @click.option("--on-original", is_flag=True, help="Also draw each heatmap warped back onto the photo as given.")
 @max_pixels_option
 @click.option("--progress/--no-progress", default=True)
-@click.option("--server", metavar="ADDRESS", help="Ask a served model (psyattr serve or TF Serving) at HOST:PORT "
-              "instead; it explains with the composite it was exported with.")
+@click.option("--server", metavar="HOST:PORT", help="Ask a served model (psyattr serve or TF Serving) instead, over "
+              "gRPC, or over REST with http://HOST:PORT; --model is then its served name.")
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), default=60.0, show_default=True,
               help="Seconds per request to --server.")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))

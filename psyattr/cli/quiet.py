@@ -33,7 +33,8 @@ def _keep(line: bytes) -> bool:
 
 def quiet_native_logs() -> None:
     """Filter TensorFlow's native log lines out of this process's file descriptor 2 (idempotent)."""
-    if getattr(quiet_native_logs, "done", False):
+    # A captured stderr (click's test runner, a notebook) has no native lines to filter and must keep its capture.
+    if getattr(quiet_native_logs, "done", False) or sys.stderr is not sys.__stderr__:
         return
     try:
         sys.stderr.flush()

@@ -52,7 +52,13 @@ def _is_loopback(host: str) -> bool:
 @click.option("--batching-parameters", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="TF Serving batching parameters file [default: max 16 images, 2 ms timeout].")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every network).")
-@click.option("--port", type=click.IntRange(0, 65535), default=8500, show_default=True, help="0 picks a free port.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8500, show_default=True,
+              help="gRPC port; 0 picks a free port.")
+@click.option("--rest-port", type=click.IntRange(0, 65535), default=8501, show_default=True,
+              help="REST API port (same host); 0 picks a free port.")
+@click.option("--no-rest", is_flag=True, help="Serve gRPC only.")
+@click.option("--rest-max-body-mb", type=click.IntRange(1, 2047), default=64, show_default=True,
+              help="Largest REST request body; larger ones get 413 before they are read.")
 @click.option("--poll-seconds", type=click.FloatRange(0.1), default=1.0, show_default=True,
               help="How often version folders are checked for new versions.")
 @click.option("--max-message-mb", type=click.IntRange(1, 2047), default=64, show_default=True,
@@ -61,9 +67,9 @@ def _is_loopback(host: str) -> bool:
               help="Allow the explain_xla signature (TF Serving's --xla_cpu_compilation_enabled=true).")
 @click.option("--grace-seconds", type=click.FloatRange(0), default=30.0, show_default=True,
               help="On Ctrl-C or SIGTERM, how long requests in flight may take to finish.")
-def serve(models, config, batching_parameters, host, port, poll_seconds, max_message_mb,
-          xla_cpu_compilation_enabled, grace_seconds) -> None:
-    """Serve exported models over TF Serving's gRPC API until interrupted (Ctrl-C or SIGTERM)."""
+def serve(models, config, batching_parameters, host, port, rest_port, no_rest, rest_max_body_mb, poll_seconds,
+          max_message_mb, xla_cpu_compilation_enabled, grace_seconds) -> None:
+    """Serve exported models over TF Serving's gRPC and REST APIs until interrupted (Ctrl-C or SIGTERM)."""
     import signal
     import threading
 
@@ -73,7 +79,8 @@ def serve(models, config, batching_parameters, host, port, poll_seconds, max_mes
     try:
         batching = read_batching_parameters(batching_parameters) if batching_parameters else None
         server = ModelServer(models, config, batching, host, port, poll_seconds, max_message_mb << 20,
-                             xla_cpu_compilation_enabled).start()
+                             xla_cpu_compilation_enabled, rest_port=None if no_rest else rest_port,
+                             rest_max_body_bytes=rest_max_body_mb << 20).start()
     except (ConfigError, OSError) as err:
         fail(str(err))
     if not _is_loopback(host):
@@ -84,7 +91,8 @@ def serve(models, config, batching_parameters, host, port, poll_seconds, max_mes
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     click.echo(f"serving {', '.join(server.models()) or 'no models yet'} on {server.address} "
-               "(gRPC: tensorflow.serving.PredictionService, ModelService)", nl=True)
+               "(gRPC: tensorflow.serving.PredictionService, ModelService)"
+               + (f" and {server.rest_address} (REST: /v1/models/NAME)" if server.rest_address else ""), nl=True)
     sys.stdout.flush()
     while not stop.wait(0.5):
         pass

@@ -21,16 +21,20 @@ TOP = -1
 # What the exported graph accepts as an index written as text (tf.strings.regex_full_match).
 INDEX_PATTERN = "[0-9]{1,9}"
 _INDEX = re.compile(INDEX_PATTERN)
-SHOWN = 40  # characters of a user's input quoted back in an error
+SHOWN = 64  # characters of a user's input quoted back in an error
+
+
+def clip(text: str, limit: int = SHOWN) -> str:
+    """`text`, or its first `limit` characters and "..." when longer: user input in messages stays short."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def shown(text: object) -> str:
     """A user's input as quoted in an error message: cut to a short prefix, so that no message echoes a whole input."""
     if not isinstance(text, (str, bytes)):
-        return str(text)[:SHOWN]
+        return clip(str(text))
     text = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
-    return repr(text if len(text) <= SHOWN else text[:SHOWN] + "...") + (f" ({len(text)} characters)"
-                                                                          if len(text) > SHOWN else "")
+    return repr(clip(text)) + (f" ({len(text)} characters)" if len(text) > SHOWN else "")
 
 
 def output_names(model, count: int) -> list[str]:

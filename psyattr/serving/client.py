@@ -1,4 +1,4 @@
-"""`ExplainerClient`: scores and heatmaps from a served psyattr model, over TF Serving's gRPC API.
+"""`ExplainerClient`: scores and heatmaps from a served psyattr model, over TF Serving's gRPC or REST API.
 
 Works the same against `tensorflow_model_server` and `psyattr serve`.
 """
@@ -11,13 +11,11 @@ from collections.abc import Sequence
 
 import grpc
 import numpy as np
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
-                                     predict_pb2, prediction_service_pb2_grpc)
 
 from psyattr.explanation import Explanation
 from psyattr.models.outputs import TOP, target_indices
 from psyattr.serving.errors import ServingError
-from psyattr.serving.tensors import to_numpy
+from psyattr.serving.transports import GrpcTransport, RestTransport, Target
 
 # gRPC clients refuse responses over 4 MiB by default; 16 heatmaps alone are 3.3 MB.
 DEFAULT_MAX_MESSAGE_BYTES = 512 << 20
@@ -50,10 +48,11 @@ def _targets(target: TargetSpec, count: int, names: list[str] | None) -> np.ndar
 class ExplainerClient:
     """A client of one served model: `ExplainerClient("127.0.0.1:8500", "psyattr_attractive", timeout=30)`.
 
-    Every call has `timeout` seconds; calls that find the server UNAVAILABLE (starting, restarting,
-    overloaded) are retried `retries` times with exponential backoff, and no other error is retried.
-    Batches larger than `batch_size` are sent as several requests. `version` or `version_label`
-    pins a version; by default the server's latest answers.
+    `target` is `host:port` for TF Serving's gRPC API or `http://host:port` for its REST API (same results,
+    JSON on the wire: slower and larger for heatmaps). Every call has `timeout` seconds; calls that find
+    the server UNAVAILABLE (starting, restarting, overloaded) are retried `retries` times with exponential
+    backoff, and no other error is retried. Batches larger than `batch_size` are sent as several requests.
+    `version` or `version_label` pins a version; by default the server's latest answers.
     """
 
     def __init__(self, target: str, model_name: str, timeout: float = 60.0, *, version: int | None = None,
@@ -71,50 +70,33 @@ class ExplainerClient:
         self.retries = retries
         self.backoff = backoff
         self.batch_size = batch_size
-        self.channel = grpc.insecure_channel(target, options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-        ])
-        self.prediction = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self._model = Target(model_name, version, version_label)
         self._metadata: dict | None = None
-        self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
+        if target.startswith(("http://", "https://")):
+            self._transport = RestTransport(target, timeout)
+            self.channel = self.prediction = self.models = None
+        else:
+            self._transport = GrpcTransport(target, timeout, max_message_bytes)
+            self.channel = self._transport.channel
+            self.prediction, self.models = self._transport.prediction, self._transport.models
 
-    def _spec(self, spec, signature: str | None = None) -> None:
-        spec.name = self.model_name
-        if signature is not None:
-            spec.signature_name = signature
-        if self.version is not None:
-            spec.version.value = self.version
-        elif self.version_label is not None:
-            spec.version_label = self.version_label
-
-    def _call(self, method, request):
+    def _call(self, method, *args):
         for attempt in range(self.retries + 1):
             try:
-                return method(request, timeout=self.timeout)
-            except grpc.RpcError as err:
-                if err.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
+                return method(self._model, *args)
+            except ServingError as err:
+                if err.code == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
                     time.sleep(self.backoff * 2 ** attempt)
                     continue
                 hint = {grpc.StatusCode.UNAVAILABLE: " (is the server running? retried "
                                                       f"{attempt} time{'s' if attempt != 1 else ''})",
                         grpc.StatusCode.DEADLINE_EXCEEDED: f" (after {self.timeout:g} s: give a longer timeout)"}
-                raise ServingError(err.code(), f"{self.model_name} at {self.target}: {err.details()}"
-                                   f"{hint.get(err.code(), '')}") from None
-
-    def _predict(self, signature: str, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
-        import tensorflow as tf
-
-        request = predict_pb2.PredictRequest()
-        self._spec(request.model_spec, signature)
-        for key, value in inputs.items():
-            request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
-        response = self._call(self.prediction.Predict, request)
-        return {key: to_numpy(proto) for key, proto in response.outputs.items()}, response.model_spec.version.value
+                raise ServingError(err.code, f"{self.model_name} at {self.target}: {err.message}"
+                                   f"{hint.get(err.code, '')}") from None
 
     def _batched(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         count = len(next(iter(inputs.values())))
-        parts = [self._predict(signature, {k: v[i:i + self.batch_size] for k, v in inputs.items()})[0]
+        parts = [self._call(self._transport.predict, signature, {k: v[i:i + self.batch_size] for k, v in inputs.items()})
                  for i in range(0, max(count, 1), self.batch_size)]  # an empty batch goes too: the server says why
         return {key: np.concatenate([p[key] for p in parts]) for key in sorted(parts[0])}
 
@@ -135,8 +117,14 @@ class ExplainerClient:
         """
         images = _images(images)
         names = self._output_names()
-        outputs = self._batched("explain_xla" if xla else "explain",
-                                {"image": images, "target": _targets(target, len(images), names)})
+        try:
+            targets = _targets(target, len(images), names)
+        except ValueError as err:
+            if not names:
+                raise
+            # The server would refuse it with this status: the same answer, without sending the images.
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"{self.model_name} at {self.target}: {err}") from None
+        outputs = self._batched("explain_xla" if xla else "explain", {"image": images, "target": targets})
         targets = [t.decode() if isinstance(t, bytes) else str(t) for t in outputs.pop("target")]
         scores, heatmap = outputs.pop("target_score"), outputs.pop("heatmap")
         indices = np.asarray([names.index(t) if names and t in names else -1 for t in targets])
@@ -155,7 +143,7 @@ class ExplainerClient:
             if "metadata" not in self.metadata():
                 self._metadata = {}
             else:
-                answer = self._predict("metadata", {"request": np.array([b""], dtype=object)})[0]
+                answer = self._call(self._transport.predict, "metadata", {"request": np.array([b""], dtype=object)})
                 value = answer["psyattr_json"].ravel()[0]
                 self._metadata = json.loads(value.decode() if isinstance(value, bytes) else value)
         return self._metadata or None
@@ -170,24 +158,15 @@ class ExplainerClient:
 
     def metadata(self) -> dict[str, object]:
         """The served version's SignatureDefs by name (GetModelMetadata)."""
-        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
-        self._spec(request.model_spec)
-        response = self._call(self.prediction.GetModelMetadata, request)
-        signatures = get_model_metadata_pb2.SignatureDefMap()
-        response.metadata["signature_def"].Unpack(signatures)
-        return dict(signatures.signature_def)
+        return self._call(self._transport.metadata)
 
     def status(self) -> list[tuple[int, str]]:
         """(version, state name) for every version the server knows of (GetModelStatus)."""
-        request = get_model_status_pb2.GetModelStatusRequest()
-        self._spec(request.model_spec)
-        response = self._call(self.models.GetModelStatus, request)
-        state = get_model_status_pb2.ModelVersionStatus.State
-        return [(s.version, state.Name(s.state)) for s in response.model_version_status]
+        return self._call(self._transport.status)
 
     def close(self) -> None:
-        """Close the channel."""
-        self.channel.close()
+        """Close the channel (or the REST connections)."""
+        self._transport.close()
 
     def __enter__(self) -> ExplainerClient:
         return self

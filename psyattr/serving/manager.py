@@ -25,7 +25,7 @@ from psyattr.export import list_versions
 from psyattr.serving.batching import Batcher
 from psyattr.serving.config import (BatchingParameters, ConfigError, ModelEntry, discover_models,
                                     read_model_config)
-from psyattr.serving.errors import ServingError, invalid, not_found, status_code
+from psyattr.serving.errors import ServingError, clip, invalid, not_found, status_code
 from psyattr.serving.servable import LoadError, Servable
 from psyattr.serving.validation import validate_request
 
@@ -62,6 +62,13 @@ def _fingerprint(path: Path) -> tuple:
                 continue
             entries.append((os.path.relpath(os.path.join(root, name), path), stat.st_size, stat.st_mtime_ns))
     return tuple(sorted(entries))
+
+
+def _check_name(spec: model_pb2.ModelSpec) -> None:
+    # TF Serving's ServerCore refuses a nameless spec before any lookup; its GetModelStatus answers NOT_FOUND
+    # for one instead, which says less: status refuses it here too.
+    if not spec.name:
+        raise invalid("ModelSpec has no name specified.")
 
 
 class ModelManager:
@@ -221,6 +228,7 @@ class ModelManager:
 
     def servable(self, spec: model_pb2.ModelSpec) -> Servable:
         """The version a request's ModelSpec asks for (latest, a number or a label), with TF Serving's errors."""
+        _check_name(spec)
         with self._lock:
             model = self._models.get(spec.name)
             if spec.HasField("version"):
@@ -228,15 +236,15 @@ class ModelManager:
             elif spec.version_label:
                 labels = model.entry.labels if model else {}
                 if spec.version_label not in labels:
-                    raise invalid(f"Unrecognized servable version label: {spec.version_label}")
+                    raise invalid(f"Unrecognized servable version label: {clip(spec.version_label)}")
                 version = labels[spec.version_label]
             else:
                 if model is None or not model.loaded:
-                    raise not_found(f"Servable not found for request: Latest({spec.name})")
+                    raise not_found(f"Servable not found for request: Latest({clip(spec.name)})")
                 version = max(model.loaded)
             servable = model.loaded.get(version) if model else None
             if servable is None:
-                raise not_found(f"Servable not found for request: Specific({spec.name}, {version})")
+                raise not_found(f"Servable not found for request: Specific({clip(spec.name)}, {version})")
             return servable
 
     def batcher(self, servable: Servable, signature: str) -> Batcher:
@@ -254,22 +262,23 @@ class ModelManager:
 
     def status(self, spec: model_pb2.ModelSpec) -> list[tuple[int, VersionState]]:
         """Version states for GetModelStatus, with TF Serving's NOT_FOUND messages."""
+        _check_name(spec)
         with self._lock:
             model = self._models.get(spec.name)
             states = dict(model.states) if model else {}
         if spec.HasField("version"):
             version = spec.version.value
             if version not in states:
-                raise not_found(f"Could not find version {version} of model {spec.name}")
+                raise not_found(f"Could not find version {version} of model {clip(spec.name)}")
             return [(version, states[version])]
         if spec.version_label:
             labels = model.entry.labels if model else {}
             if spec.version_label not in labels or labels[spec.version_label] not in states:
-                raise invalid(f"Unrecognized servable version label: {spec.version_label}")
+                raise invalid(f"Unrecognized servable version label: {clip(spec.version_label)}")
             version = labels[spec.version_label]
             return [(version, states[version])]
         if not states:
-            raise not_found(f"Could not find any versions of model {spec.name}")
+            raise not_found(f"Could not find any versions of model {clip(spec.name)}")
         return sorted(states.items())
 
     def model_names(self) -> list[str]:

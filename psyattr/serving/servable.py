@@ -13,7 +13,7 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
 from psyattr.export import ASSETS_EXTRA, WARMUP_FILE, read_export_metadata
-from psyattr.serving.errors import ServingError, status_code
+from psyattr.serving.errors import ServingError, clip, status_code
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class Servable:
     def signature(self, name: str) -> meta_graph_pb2.SignatureDef:
         """The SignatureDef called `name`, or TF Serving's FAILED_PRECONDITION error."""
         if name not in self.meta_graph.signature_def:
-            raise ServingError(grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{name}" not found.')
+            raise ServingError(grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{clip(name)}" not found.')
         return self.meta_graph.signature_def[name]
 
     def run(self, signature: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -1,4 +1,5 @@
-"""The embedded model server: TF Serving's gRPC API (`PredictionService`, `ModelService`) over SavedModel folders.
+"""The embedded model server: TF Serving's gRPC API (`PredictionService`, `ModelService`) and REST API over
+SavedModel folders.
 
 A client written for `tensorflow_model_server` works against it unchanged: the same services, request
 and response messages, status codes and messages. It is meant for one machine and for tests; production
@@ -22,12 +23,14 @@ from pathlib import Path
 
 import grpc
 import tensorflow as tf
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
+from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_service_pb2_grpc)
 
 from psyattr.serving.config import BatchingParameters
-from psyattr.serving.errors import ServingError, invalid
+from psyattr.serving.errors import ServingError, clip, invalid
 from psyattr.serving.manager import ModelManager
+from psyattr.serving.rest import DEFAULT_MAX_BODY_BYTES, DEFAULT_REST_TIMEOUT, RestServer
 from psyattr.serving.tensors import to_proto
 from psyattr.serving.validation import output_aliases, validate_request
 
@@ -46,7 +49,7 @@ def disable_xla_compilation() -> None:
 
 
 class ServingCore:
-    """The request handling behind the gRPC services: lookup, validation, batching, responses."""
+    """The request handling behind the gRPC services and the REST API: lookup, validation, batching, responses."""
 
     def __init__(self, manager: ModelManager):
         self.manager = manager
@@ -81,6 +84,14 @@ class ServingCore:
             response.outputs[alias].CopyFrom(to_proto(outputs[alias]))
         return response
 
+    def signature_inputs(self, spec: model_pb2.ModelSpec, signature_name: str) -> dict[str, meta_graph_pb2.TensorInfo]:
+        """The inputs a REST body is read against: TF Serving's REST lookup, with its message for a wrong name."""
+        servable = self.manager.servable(spec)
+        name = signature_name or "serving_default"
+        if name not in servable.signatures:
+            raise invalid(f'Serving signature name: "{clip(name)}" not found in signature def')
+        return dict(servable.signatures[name].inputs)
+
     def metadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest
                  ) -> get_model_metadata_pb2.GetModelMetadataResponse:
         """Answer GetModelMetadata: the version's SignatureDefs."""
@@ -90,7 +101,7 @@ class ServingCore:
             raise invalid("GetModelMetadataRequest must specify at least one metadata_field")
         for name in request.metadata_field:
             if name != SIGNATURE_DEF:
-                raise invalid(f"Metadata field {name} is not supported")
+                raise invalid(f"Metadata field {clip(name)} is not supported")
         servable = self.manager.servable(request.model_spec)
         signatures = get_model_metadata_pb2.SignatureDefMap()
         for name, signature in servable.signatures.items():
@@ -152,13 +163,17 @@ class ModelServer:
 
     `config` is a TF Serving model config file (names, base paths, version policies, labels); without it
     every folder of `models_dir` is a model serving its latest version. `port=0` picks a free port.
+    `rest_port` (8501 in `psyattr serve`; None here) adds TF Serving's REST API on the same host, over
+    the same lookup, validation and batching; `rest_max_body_bytes` caps its request bodies.
     `xla_cpu_compilation_enabled=False`, like TF Serving's default, disables XLA for the whole process.
     """
 
     def __init__(self, models_dir: str | os.PathLike, config: str | os.PathLike | None = None,
                  batching: BatchingParameters | None = None, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
                  poll_seconds: float = 1.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 xla_cpu_compilation_enabled: bool = False, max_workers: int = 32, warmup: bool = True):
+                 xla_cpu_compilation_enabled: bool = False, max_workers: int = 32, warmup: bool = True,
+                 rest_port: int | None = None, rest_max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                 rest_timeout: float = DEFAULT_REST_TIMEOUT):
         self.manager = ModelManager(models_dir, config, batching, poll_seconds, warmup)
         self.core = ServingCore(self.manager)
         self.host = host
@@ -166,13 +181,22 @@ class ModelServer:
         self.max_message_bytes = max_message_bytes
         self.xla_cpu_compilation_enabled = xla_cpu_compilation_enabled
         self.max_workers = max_workers
+        self.rest_port = rest_port
+        self.rest_max_body_bytes = rest_max_body_bytes
+        self.rest_timeout = rest_timeout
         self._server: grpc.Server | None = None
+        self._rest: RestServer | None = None
 
     @property
     def address(self) -> str:
-        """`host:port` to give clients."""
+        """`host:port` to give gRPC clients."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
+
+    @property
+    def rest_address(self) -> str | None:
+        """`http://host:port` of the REST API, or None without one."""
+        return self._rest.address if self._rest is not None else None
 
     def start(self) -> ModelServer:
         """Load the models, bind the port and start answering; returns self."""
@@ -198,8 +222,18 @@ class ModelServer:
                           "(pick another --port, or --port 0 for a free one)")
         self.port = bound
         server.start()
+        if self.rest_port is not None:
+            try:
+                self._rest = RestServer(self.core, self.host, self.rest_port, self.rest_max_body_bytes,
+                                        self.rest_timeout, self.max_workers).start()
+            except OSError:
+                server.stop(0).wait()
+                self.manager.stop()
+                raise
+            self.rest_port = self._rest.port
         self._server = server
-        log.info("serving %s on %s", ", ".join(self.models()) or "no models yet", self.address)
+        log.info("serving %s on %s%s", ", ".join(self.models()) or "no models yet", self.address,
+                 f" and {self.rest_address}" if self._rest else "")
         return self
 
     def models(self) -> list[str]:
@@ -208,8 +242,12 @@ class ModelServer:
 
     def stop(self, grace: float = 30.0) -> None:
         """Stop taking requests, let running ones finish (up to `grace` seconds), then unload everything."""
-        if self._server is not None:
-            self._server.stop(grace).wait()
+        stopped = self._server.stop(grace) if self._server is not None else None  # returns at once
+        if self._rest is not None:
+            self._rest.stop(grace)
+            self._rest = None
+        if stopped is not None:
+            stopped.wait()
             self._server = None
         self.manager.stop()
         log.info("stopped serving on %s", self.address)

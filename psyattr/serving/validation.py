@@ -12,7 +12,7 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import predict_pb2
 
 from psyattr.models.outputs import parse_target
-from psyattr.serving.errors import ServingError, invalid
+from psyattr.serving.errors import ServingError, clip, invalid
 from psyattr.serving.tensors import dtype_name, to_numpy
 
 _FLOAT_KINDS = "f"
@@ -26,15 +26,19 @@ def _check_names(signature: meta_graph_pb2.SignatureDef, request: predict_pb2.Pr
     expected, sent = set(signature.inputs), set(request.inputs)
     if len(sent) != len(expected):
         message = (
-            f"input size does not match signature: {len(sent)}!={len(expected)} len({{{','.join(sorted(sent))}}}) "
-            f"!= len({{{','.join(sorted(expected))}}}). Sent extra: {{{','.join(sorted(sent - expected))}}}. "
+            f"input size does not match signature: {len(sent)}!={len(expected)} len({{{_names(sent)}}}) "
+            f"!= len({{{','.join(sorted(expected))}}}). Sent extra: {{{_names(sent - expected)}}}. "
             f"Missing but required: {{{','.join(sorted(expected - sent))}}}.")
         raise invalid(message)
     for alias in sorted(expected):
         if alias not in sent:
             raise invalid(f"Signature input alias: {alias}(feed name: {signature.inputs[alias].name}) not found in "
                           f"request and no default value provided. Inputs expected to be in the request "
-                          f"{{{','.join(sorted(sent))}}}, or default input alias set: ")
+                          f"{{{_names(sent)}}}, or default input alias set: ")
+
+
+def _names(sent) -> str:
+    return clip(",".join(sorted(sent)), 200)
 
 
 def _check_targets(values: np.ndarray, output_names: list[str]) -> None:
@@ -136,10 +140,10 @@ def output_aliases(signature: meta_graph_pb2.SignatureDef, request: predict_pb2.
     seen: list[str] = []
     for alias in request.output_filter:
         if alias not in signature.outputs:
-            raise invalid(f"output tensor alias not found in signature: {alias} Outputs expected to be in the set "
+            raise invalid(f"output tensor alias not found in signature: {clip(alias)} Outputs expected to be in the set "
                           f"{{{','.join(sorted(signature.outputs))}}}.")
         if alias in seen:
-            raise invalid(f"duplicate output tensor alias: {alias}")
+            raise invalid(f"duplicate output tensor alias: {clip(alias)}")
         seen.append(alias)
     return seen
 
