@@ -243,6 +243,8 @@ BAD_REQUESTS = {
     "NaN pixels": (_inputs(image=_nan), INVALID, r"input 'image' contains NaN or infinite values \(rows 1\)"),
     "unknown target": (_explain([b"sad"]), INVALID,
                        r"unknown target 'sad': the outputs of the model are happy, attractive .*\(image 0\)$"),
+    "Arabic-Indic digit target": (_explain(["\u0660".encode()]), INVALID, r"^unknown target '\u0660': the outputs"),
+    "superscript digit target": (_explain(["\u00b2".encode()]), INVALID, r"^unknown target '\u00b2': the outputs"),
     "target count": (_explain([b"happy", b"happy"]), INVALID, "inputs must hold the same number of rows"),
     "unknown output": (_filter, INVALID, "^output tensor alias not found in signature: nope"),
     "too many images": (_inputs(image=lambda x: np.concatenate([x] * 3)[:MAX_BATCH + 1]), INVALID,
@@ -279,6 +281,37 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server, st
     assert_heatmaps_close(heatmaps, happy_explanations[2])
     batches = server.manager.batch_sizes()[key] - before  # requests per batch -> batches
     assert sum(size * count for size, count in batches.items()) == 6 and max(batches) > 1, batches
+
+
+def test_poisoned_requests_never_fail_or_leak_into_other_clients_batches(server, stub, face_images,
+                                                                        happy_explanations):
+    # Targets the graph would refuse, sent while good requests share the batching window with them.
+    poisons = ["\u0660", "\u00b2", "\uff11", "1 ", "-1", "sad"]
+    barrier = threading.Barrier(12)
+
+    def send(i: int):
+        target = poisons[i // 2] if i % 2 else "happy"
+        request = predict_request(face_images[i // 2:i // 2 + 1], signature="explain",
+                                  target=np.array([target.encode()], dtype=object))
+        barrier.wait()
+        try:
+            return target, tf.make_ndarray(stub.Predict(request, timeout=120).outputs["heatmap"])[0]
+        except grpc.RpcError as err:
+            return target, err
+
+    internal = server.core.status_counts["INTERNAL"]
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(send, range(12)))
+    for i, (target, answer) in enumerate(answers):
+        if i % 2 == 0:
+            assert isinstance(answer, np.ndarray), answer
+            assert_heatmaps_close(answer[None], happy_explanations[2][i // 2:i // 2 + 1])
+        else:
+            assert isinstance(answer, grpc.RpcError) and answer.code() == INVALID, (target, answer)
+            # Each error quotes its own request's target, never another client's.
+            assert answer.details().startswith(f"unknown target {target!r}: "), answer.details()
+            assert not any(repr(other) in answer.details() for other in poisons if other != target)
+    assert server.core.status_counts["INTERNAL"] == internal
 
 
 def test_the_client_receives_heatmaps_beyond_grpcs_4_mib_default(server, face_images, happy_explanations):
