@@ -100,3 +100,28 @@ def test_explain_frames_faces_first_and_skips_a_photo_without_one(tmp_path, rand
     assert result.exit_code == 0, result.output
     assert "explained 1 image(s)" in result.output and "no face found in" in result.output
     assert np.load(tmp_path / "out" / "subject03.happy.relevance.npy").shape == (227, 227, 3)
+
+
+def test_oversized_and_tiny_images_are_skipped_with_reasons_and_the_batch_goes_on(tmp_path, random_age_model,
+                                                                                  omi_dir):
+    from PIL import Image
+
+    good = omi_dir / "images_256" / "1.jpg"
+    # 400 megapixels in a few kB: past PIL's own bomb limit, decoded it would take 400 MB.
+    Image.new("1", (20000, 20000)).save(tmp_path / "bomb.png")
+    Image.new("RGB", (1, 1)).save(tmp_path / "dot.png")
+    paths = [str(tmp_path / "bomb.png"), str(good), str(tmp_path / "dot.png")]
+    result = CliRunner().invoke(cli, ["predict", "--model", str(random_age_model), "--framing", "none", *paths])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["image"] for line in result.stdout.splitlines()] == [str(good)]
+    assert "bomb.png is over psyattr's limit of 50,000,000 pixels" in result.stderr and "--max-pixels" in result.stderr
+    assert "dot.png is 1x1 px, under the 40 px minimum" in result.stderr
+    # The limit is the user's to set: a 256 x 256 photo is over a limit of 60,000 pixels.
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["explain", "--model", str(random_age_model), "--framing", "none", "--no-progress",
+                                      "--composite", "epsilon", "--max-pixels", "60000", "--out", str(out), *paths])
+    assert result.exit_code == 1 and "none of the 3 images could be read" in result.output
+    assert "1.jpg is 256x256 = 65,536 pixels, over psyattr's limit of 60,000" in result.output and not list(out.glob("*.npy"))
+    result = CliRunner().invoke(cli, ["explain", "--model", str(random_age_model), "--framing", "none", "--no-progress",
+                                      "--composite", "epsilon", "--out", str(out), *paths])
+    assert result.exit_code == 0 and "explained 1 image(s)" in result.output and (out / "1.relevance.npy").exists()

@@ -199,6 +199,8 @@ def test_export_refuses_bad_names_and_versions(models, tmp_path):
         export_model(models["psyattr_gender"], tmp_path, "bad/name")
     with pytest.raises(ExportError, match=r"version must be a whole number from 1 to 9223372036854775807"):
         export_model(models["psyattr_gender"], tmp_path, "ok", version=0)
+    with pytest.raises(ExportError, match=r"from 1 to 9223372036854775807 \(TF Serving's int64 versions\), got 9{20}"):
+        export_model(models["psyattr_gender"], tmp_path, "ok", version=99999999999999999999)
     assert not any(tmp_path.iterdir())
 
 
@@ -218,6 +220,10 @@ def test_export_command_takes_a_run_folder_and_adds_the_next_version(exports, mo
     result = CliRunner().invoke(cli, ["export", str(run_dir), "--name", "psyattr_gender", "--out", str(root),
                                       "--version", "2"])
     assert result.exit_code != 0 and "already exists" in result.output
+    result = CliRunner().invoke(cli, ["export", str(run_dir), "--name", "psyattr_gender", "--out", str(root),
+                                      "--version", "99999999999999999999"])
+    assert result.exit_code != 0 and "99999999999999999999 is not in the range 1<=x<=9223372036854775807" in result.output
+    assert list_versions(root / "psyattr_gender") == [1, 2]
     result = CliRunner().invoke(cli, ["export", str(tmp_path / "nothing"), "--name", "x", "--out", str(root)])
     assert result.exit_code != 0 and "cannot load model" in result.output
 

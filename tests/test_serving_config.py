@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +15,7 @@ import pytest
 from psyattr.serving.batching import Batcher
 from psyattr.serving.config import (BatchingParameters, ConfigError, discover_models, read_batching_parameters,
                                     read_model_config)
+from psyattr.export import list_versions
 from psyattr.serving.errors import ServingError
 
 SERVING = Path(__file__).resolve().parents[1] / "serving"
@@ -68,10 +70,15 @@ def test_bad_batching_parameters_are_refused_naming_the_problem(tmp_path, text, 
         read_batching_parameters(tmp_path / "batching.txt")
 
 
-def test_without_a_config_every_folder_with_versions_is_a_model(tmp_path):
+def test_without_a_config_every_folder_with_versions_is_a_model(tmp_path, caplog):
     for folder in ("a/1", "a/2", "b/.3.partial-x", "c/notes"):
         (tmp_path / folder).mkdir(parents=True)
     assert [(e.name, e.policy) for e in discover_models(tmp_path)] == [("a", "latest")]
+    # A version beyond TF Serving's int64 range is skipped with a log line, never served as the latest.
+    (tmp_path / "a" / "99999999999999999999").mkdir()
+    with caplog.at_level(logging.WARNING):
+        assert list_versions(tmp_path / "a") == [1, 2]
+    assert "version 99999999999999999999 is beyond TF Serving's largest (9223372036854775807)" in caplog.text
     with pytest.raises(ConfigError, match="models folder .* does not exist: export a model first"):
         discover_models(tmp_path / "missing")
 

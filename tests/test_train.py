@@ -166,3 +166,50 @@ def test_fig3_names_each_attributes_own_stand_in_for_joint_and_single_runs(tmp_p
     assert confident["age-based, dense"][0] == pytest.approx([8 * (0.12 - e / 100) for e in range(3)])
     assert confident["gender-based, full"][1] == pytest.approx([8 * 0.40] * 3)
     assert [label for label, *_ in panels["happy"]] == ["age-based, dense"]
+
+
+def test_train_refuses_what_is_not_its_run_and_writes_nothing_before_the_data_holds(tmp_path, small_rated, bases,
+                                                                                    caplog):
+    common = ["--base", bases["age"], "--mode", "dense", "--attribute", "happy", "--scale", "0,100", "--epochs", "1",
+              "--cache-dir", tmp_path / "cache"]
+    # A folder that is not a run is never written into.
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "model.keras").write_text("precious")
+    refused = train([*common, "--data", f"csv:{small_rated}", "--out", existing])
+    assert refused.exit_code == 1 and "is not empty and holds no psyattr run (it has model.keras)" in refused.output
+    assert (existing / "model.keras").read_text() == "precious" and len(list(existing.iterdir())) == 1
+
+    # Resuming with other data (the same faces with one rating changed) is refused, naming both.
+    run = tmp_path / "run"
+    assert train([*common, "--data", f"csv:{small_rated}", "--out", run]).exit_code == 0
+    rows = small_rated.read_text().splitlines()
+    rows[1] = rows[1].rsplit(",", 2)[0] + ",12.5," + rows[1].rsplit(",", 1)[1]
+    other = tmp_path / "other.csv"
+    other.write_text("\n".join(rows) + "\n")
+    config = (run / "config.json").read_text()
+    resumed = train([*common, "--data", f"csv:{other}", "--out", run, "--resume", "--epochs", "2"])
+    assert resumed.exit_code == 1 and "cannot resume" in resumed.output and "fingerprint" in resumed.output
+    assert str(small_rated) in resumed.output and str(other) in resumed.output
+    assert (run / "config.json").read_text() == config
+
+    # A short row is named by its line; data that leaves too few faces writes no run folder at all.
+    short = tmp_path / "short.csv"
+    short.write_text("happy,image\n5\n" + "".join(f"50,{row.split(',')[0]}\n" for row in rows[1:2]))
+    result = train([*common, "--data", f"csv:{short}", "--out", tmp_path / "short"])
+    # The warnings go to the log (the terminal's stderr), the error to the command's output.
+    assert result.exit_code == 1 and "too few usable faces" in result.output and "line 2 (1 fields)" in caplog.text
+    assert not (tmp_path / "short").exists()
+    out_of_scale = tmp_path / "scale.csv"
+    out_of_scale.write_text("image,happy\n" + "".join(f"{row.split(',')[0]},555\n" for row in rows[1:]))
+    result = train([*common, "--data", f"csv:{out_of_scale}", "--out", tmp_path / "scale"])
+    assert result.exit_code == 1 and "out-of-scale" in caplog.text and not (tmp_path / "scale").exists()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for i in range(6):
+        (broken / f"{i}.jpg").write_bytes(b"not a jpeg")
+    corrupt = tmp_path / "corrupt.csv"
+    corrupt.write_text("image,happy\n" + "".join(f"{broken / f'{i}.jpg'},50\n" for i in range(6)))
+    result = train([*common, "--data", f"csv:{corrupt}", "--out", tmp_path / "corrupt"])
+    assert result.exit_code == 1 and "0.jpg: cannot decode image" in caplog.text and "cannot identify" in caplog.text
+    assert not (tmp_path / "corrupt").exists()

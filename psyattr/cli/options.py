@@ -43,7 +43,18 @@ def _set_max_pixels(ctx, param, value):
 
         from psyattr.data.images import MAX_PIXELS_ENV
 
-        # The command's own process: psyattr's limit and PIL's safety check are both raised to the value.
+        # psyattr's limit and PIL's safety check are both set for this command, and restored when it ends (a
+        # command invoked from Python must not change the limits of what runs after it).
+        saved_env, saved_pil = os.environ.get(MAX_PIXELS_ENV), Image.MAX_IMAGE_PIXELS
+
+        def restore() -> None:
+            Image.MAX_IMAGE_PIXELS = saved_pil
+            if saved_env is None:
+                os.environ.pop(MAX_PIXELS_ENV, None)
+            else:
+                os.environ[MAX_PIXELS_ENV] = saved_env
+
+        ctx.call_on_close(restore)
         os.environ[MAX_PIXELS_ENV] = str(value)
         Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, value)
     return value

@@ -44,8 +44,8 @@ def max_pixels() -> int:
 
 
 def _too_large(path: Path, width: int, height: int, limit: int) -> ImageError:
-    return ImageError(f"{path} is {width}x{height} = {width * height / 1e6:.0f} megapixels, over psyattr's limit of "
-                      f"{limit / 1e6:g} (raise it with --max-pixels or {MAX_PIXELS_ENV}, or shrink the image)")
+    return ImageError(f"{path} is {width}x{height} = {width * height:,} pixels, over psyattr's limit of {limit:,} "
+                      f"(raise it with --max-pixels or {MAX_PIXELS_ENV}, or shrink the image)")
 
 
 def decode_rgb(path: str | os.PathLike, limit: int | None = None) -> np.ndarray:
@@ -80,7 +80,7 @@ def decode_rgb(path: str | os.PathLike, limit: int | None = None) -> np.ndarray:
         raise
     except Image.DecompressionBombError as err:
         # PIL refuses such images before it reports their size: they are far over psyattr's own limit too.
-        raise ImageError(f"{path} is over psyattr's limit of {limit / 1e6:g} megapixels ({err}); shrink the image, "
+        raise ImageError(f"{path} is over psyattr's limit of {limit:,} pixels ({err}); shrink the image, "
                          f"or raise the limit with --max-pixels or {MAX_PIXELS_ENV}") from None
     except ImageError:
         raise
