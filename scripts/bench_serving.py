@@ -136,11 +136,12 @@ def main() -> None:
 
     from psyattr.export import SignatureBuilder, export_model
     from psyattr.lrp import LRPExplainer
+    from psyattr.faces import get_framing
     from psyattr.models import build_base_model
     from psyattr.models.loading import load_model
     from psyattr.serving import ExplainerClient
 
-    model = load_model(args.model) if args.model else build_base_model("age")
+    model = load_model(args.model) if args.model else build_base_model("age", framing=get_framing("utkface").to_json())
     with tempfile.TemporaryDirectory() as tmp:
         process = None
         if args.server:

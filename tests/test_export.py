@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -247,3 +248,16 @@ def test_predict_command_without_a_server_gives_the_serving_outputs_in_process(m
     assert record["outputs"] == pytest.approx({k: float(v[0]) for k, v in expected.items()}, rel=1e-5, abs=1e-6)
     result = CliRunner().invoke(cli, ["predict", "--model", str(run_dir), str(tmp_path / "missing.jpg")])
     assert result.exit_code != 0 and "no such image or folder" in result.output
+
+
+def test_an_export_cleans_up_staging_folders_of_killed_exports_but_never_a_live_one(models, tmp_path):
+    model_dir = tmp_path / "psyattr_gender"
+    stale, live = model_dir / ".1.partial-killed", model_dir / ".2.partial-running"
+    for folder in (stale, live):
+        folder.mkdir(parents=True)
+        (folder / "saved_model.pb").write_bytes(b"half")
+    two_hours_ago = time.time() - 7200
+    for path in (stale / "saved_model.pb", stale):
+        os.utime(path, (two_hours_ago, two_hours_ago))
+    export_model(models["psyattr_gender"], tmp_path, "psyattr_gender")
+    assert not stale.exists() and live.exists() and list_versions(model_dir) == [1]
