@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import warnings
@@ -48,17 +49,19 @@ def _too_large(path: Path, width: int, height: int, limit: int) -> ImageError:
                       f"(raise it with --max-pixels or {MAX_PIXELS_ENV}, or shrink the image)")
 
 
-def decode_rgb(path: str | os.PathLike, limit: int | None = None) -> np.ndarray:
-    """Decode any image file to RGB uint8 `(H, W, 3)`: EXIF-rotated, any mode, large JPEGs at a reduced scale.
+def decode_rgb(path: str | os.PathLike | bytes, limit: int | None = None, name: str = "the photo") -> np.ndarray:
+    """Decode any image file (or its bytes, called `name`) to RGB uint8 `(H, W, 3)`: EXIF-rotated, any mode.
 
-    Images over `limit` pixels (default `max_pixels()`) are refused before they are decoded.
+    Images over `limit` pixels (default `max_pixels()`) are refused before they are decoded; large JPEGs are
+    decoded at a reduced scale.
     """
-    path = Path(path)
+    source = io.BytesIO(path) if isinstance(path, (bytes, bytearray)) else Path(path)
+    path = name if isinstance(source, io.BytesIO) else source
     limit = limit or max_pixels()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = Image.open(source)
         with image:
             if image.format == "JPEG" and max(image.size) > 2 * WORKING_SIDE:
                 image.draft("RGB", (WORKING_SIDE, WORKING_SIDE))

@@ -12,9 +12,11 @@ points back to the image. On OMI's 1004 faces (256 px) the points lie a median 0
 
 from __future__ import annotations
 
+
 import contextlib
 import dataclasses
 import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -170,7 +172,7 @@ class FaceMeshDetector:
     `detector(image)` takes RGB `(H, W, 3)` (uint8, or float in 0..255) and returns a `MeshResult` of the
     largest face in the image's pixel frame, or None when no face is found or the mesh model says the crop
     holds no face.
-    One detector serves one thread at a time (TFLite interpreters are not thread-safe).
+    Threads may share a detector: its TFLite interpreters (which are not thread-safe) run one call at a time.
     """
 
     def __init__(self, min_detection_score: float = 0.5, min_presence: float = 0.5):
@@ -181,12 +183,13 @@ class FaceMeshDetector:
         self._detector = _interpreter(DETECTOR_MODEL)
         self._mesh = _interpreter(MESH_MODEL)
         self._anchors = ssd_anchors()
+        self._lock = threading.Lock()
 
-    @staticmethod
-    def _run(interpreter, tensor: np.ndarray) -> dict[str, np.ndarray]:
-        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], tensor[None].astype(np.float32))
-        interpreter.invoke()
-        return {d["name"]: interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()}
+    def _run(self, interpreter, tensor: np.ndarray) -> dict[str, np.ndarray]:
+        with self._lock:
+            interpreter.set_tensor(interpreter.get_input_details()[0]["index"], tensor[None].astype(np.float32))
+            interpreter.invoke()
+            return {d["name"]: interpreter.get_tensor(d["index"]).copy() for d in interpreter.get_output_details()}
 
     def detect_all(self, image: np.ndarray) -> list[FaceBox]:
         """Every face box in `image` (pixels) whose score reaches `min_detection_score`, best first."""
@@ -277,11 +280,13 @@ def _as_rgb(image: np.ndarray) -> np.ndarray:
 
 
 _DEFAULT: FaceMeshDetector | None = None
+_DEFAULT_LOCK = threading.Lock()
 
 
 def default_detector() -> FaceMeshDetector:
     """One shared detector with MediaPipe's default thresholds (0.5), built on first use."""
     global _DEFAULT
-    if _DEFAULT is None:
-        _DEFAULT = FaceMeshDetector()
-    return _DEFAULT
+    with _DEFAULT_LOCK:
+        if _DEFAULT is None:
+            _DEFAULT = FaceMeshDetector()
+        return _DEFAULT

@@ -7,6 +7,8 @@ code's name in the `X-Grpc-Code` header, which TF Serving does not send). A path
 API is TF Serving's INVALID_ARGUMENT "Malformed request" (400). Bodies over `max_body_bytes` are refused
 with 413 from their Content-Length (or once that many bytes came), before they are read whole.
 
+`GET /` serves a page to try the models in a browser (`psyattr.serving.page`).
+
 The event loop only reads bodies and writes answers: parsing, prediction and rendering run in a thread
 pool, so one long explain never stalls the other connections.
 """
@@ -25,6 +27,7 @@ from aiohttp import HttpVersion11, web
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2, predict_pb2
 
 from psyattr.serving.errors import CODE_HEADER, ServingError, clip, http_status, invalid, not_found
+from psyattr.serving.page import frame_upload, models_overview, static_file
 from psyattr.serving.rest_json import (SIGNATURE_DEF, parse_predict_request, render_error, render_metadata,
                                        render_predict_response, render_status)
 
@@ -73,8 +76,14 @@ class RestApi:
         return code, payload
 
     def _dispatch(self, method: str, path: str, body: bytes) -> bytes:
+        route, _, query = path.partition("?")
+        if method == "GET" and route == "/psyattr/models":
+            return models_overview(self.core)
+        if method == "POST" and route == "/psyattr/frame":
+            return frame_upload(self.core, query, body)
+        path = route  # TF Serving matches the path alone, whatever query follows it
         if not _API.fullmatch(path):
-            raise not_found(f"Not found: {clip(path)} (the REST API is under /v1/models/)")
+            raise not_found(f"Not found: {clip(path)} (the REST API is under /v1/models/; the page is at /)")
         if method == "POST" and (match := _PREDICT.fullmatch(path)):
             name, version, label, verb = match.groups()
             spec = _model_spec(name, version, label)
@@ -198,6 +207,9 @@ class RestServer:
             self.core.count(grpc.StatusCode.RESOURCE_EXHAUSTED)
             return _reply(grpc.StatusCode.RESOURCE_EXHAUSTED, render_error(
                 f"Too many concurrent requests (limit {self.max_in_flight}): retry later"))
+        if request.method in ("GET", "HEAD") and (page := static_file(request.rel_url.path)) is not None:
+            return web.Response(body=page[0], content_type=page[1].split(";")[0], charset="utf-8",
+                                headers={"Cache-Control": "no-cache"})
         self._in_flight += 1
         try:
             refusal = self._refusal(request.content_length)
@@ -209,7 +221,7 @@ class RestServer:
                 if len(body) > self.max_body_bytes:
                     return self._too_large(None)
             code, payload = await self._loop.run_in_executor(self._pool, self.api.answer, request.method,
-                                                             request.rel_url.raw_path, body)
+                                                             request.rel_url.raw_path_qs, body)
             return _reply(code, payload)
         finally:
             self._in_flight -= 1
