@@ -24,7 +24,7 @@ from psyattr.export import export_model
 from psyattr.serving import BatchingParameters, ExplainerClient, ModelServer, ServingError
 from tests.serving_models import (EXPLAIN_EXTRA_KEYS, GENDER_KEYS, REGRESSOR_KEYS, assert_heatmaps_close,
                                   assert_predictions_close, expected_explanations, expected_predictions,
-                                  framed_inputs, random_regressor)
+                                  framed_inputs, framed_pngs, random_regressor)
 from tests.test_lrp_explainer import random_net
 
 REGRESSOR, GENDER = "psyattr_regressor", "psyattr_gender"
@@ -129,6 +129,14 @@ def test_explain_heatmaps_over_rest_equal_grpcs(server, grpc_client, models, fac
     assert_heatmaps_close(np.array(outputs["heatmap"], dtype=np.float32), grpc_result.heatmap)
     assert_predictions_close({k: np.array(outputs[k]) for k in REGRESSOR_KEYS}, grpc_result.outputs)
 
+    # Photos in: the framed faces as PNG files, {"b64": ...} per photo, give the numbers of their pixels.
+    photos = [{"b64": base64.b64encode(p).decode()} for p in framed_pngs(images)]
+    body = {"signature_name": "explain_image", "inputs": {"photo": photos, "target": ["happy", "", "1"]}}
+    status, _, by_photo = call(server, "POST", f"/v1/models/{REGRESSOR}:predict", body)
+    assert status == 200 and by_photo["outputs"]["target"] == names
+    np.testing.assert_allclose(by_photo["outputs"]["target_score"], scores, rtol=1e-5)
+    assert_heatmaps_close(np.array(by_photo["outputs"]["heatmap"], dtype=np.float32), grpc_result.heatmap)
+
 
 def test_status_and_metadata_answer_as_tf_serving_renders_them(server, grpc_client):
     expected = {"model_version_status": [
@@ -177,6 +185,9 @@ def _big(text_bytes: int) -> str:
 PREDICT = f"/v1/models/{REGRESSOR}:predict"
 # case -> (method, path, body from the images, HTTP status, gRPC code, pattern of the error)
 BAD_REQUESTS = {
+    "photo that is no image": ("POST", PREDICT, lambda x: {"signature_name": "predict_image", "inputs": {"photo": [
+        {"b64": base64.b64encode(b"not a photo").decode()}]}}, 400, "INVALID_ARGUMENT",
+        r"^photo 0 is not a complete JPEG, PNG, GIF or BMP image"),
     "malformed JSON": ("POST", PREDICT, lambda x: b'{"instances": [1, 2', 400, "INVALID_ARGUMENT",
                        r"^JSON Parse error: .* at offset: \d+$"),
     "empty body": ("POST", PREDICT, lambda x: b"", 400, "INVALID_ARGUMENT", r"^JSON Parse error: The document is empty$"),

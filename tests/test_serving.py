@@ -31,7 +31,8 @@ from psyattr.data.images import load_model_input
 from psyattr.export import export_model
 from psyattr.serving import BatchingParameters, ExplainerClient, ModelServer, ServingError
 from tests.serving_models import (EXPLAIN_EXTRA_KEYS, REGRESSOR_KEYS, assert_heatmaps_close, assert_predictions_close,
-                                  expected_explanations, expected_predictions, framed_inputs, random_regressor)
+                                  expected_explanations, expected_predictions, framed_inputs, framed_pngs,
+                                  random_regressor)
 from tests.test_lrp_explainer import random_net
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -312,6 +313,23 @@ def test_poisoned_requests_never_fail_or_leak_into_other_clients_batches(server,
             assert answer.details().startswith(f"unknown target {target!r}: "), answer.details()
             assert not any(repr(other) in answer.details() for other in poisons if other != target)
     assert server.core.status_counts["INTERNAL"] == internal
+
+
+def test_photos_in_give_the_numbers_of_their_pixels_and_a_photo_that_is_no_image_is_named(server, stub, face_images):
+    photos = framed_pngs(face_images[:2])
+    by_pixels = stub.Predict(predict_request(face_images[:2]), timeout=120).outputs
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name, request.model_spec.signature_name = REGRESSOR, "predict_image"
+    request.inputs["photo"].CopyFrom(tf.make_tensor_proto(photos))
+    by_photo = stub.Predict(request, timeout=120).outputs
+    for key in REGRESSOR_KEYS:
+        np.testing.assert_allclose(tf.make_ndarray(by_photo[key]), tf.make_ndarray(by_pixels[key]), rtol=1e-5)
+    request.inputs["photo"].CopyFrom(tf.make_tensor_proto(np.array([*photos, b"GIF89a, or so it says"], dtype=object)))
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Predict(request, timeout=120)
+    assert caught.value.code() == INVALID
+    assert caught.value.details().startswith("photo 2 is not a complete JPEG, PNG, GIF or BMP image")
+    assert server.core.status_counts["INTERNAL"] == 0
 
 
 def test_the_client_receives_heatmaps_beyond_grpcs_4_mib_default(server, face_images, happy_explanations):
