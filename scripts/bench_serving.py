@@ -6,7 +6,8 @@ enabled, so that `explain_xla` runs too). In process, two things are timed: `LRP
 only) and the exported signature's function (relevance plus every model output), without XLA and with
 it. Methods are timed in interleaved rounds, so that the printed ratios compare numbers measured under
 the same machine load. `--rest` instead compares the REST API with gRPC at batch 16: time per image of
-`serving_default` and `explain` through `ExplainerClient`, and the bytes per image on the wire. Usage:
+`serving_default` and `explain` through `ExplainerClient`, and the bytes per image on the wire. At batch 1,
+one photo file through `explain_image` is timed end to end too (framing by the detector included). Usage:
 
     python scripts/bench_serving.py [--model age] [--rounds 30] [--rounds-16 5] [--server HOST:PORT --name NAME]
     python scripts/bench_serving.py --rest [--rounds-16 5] [--server HOST:PORT --rest-server http://HOST:PORT]
@@ -30,6 +31,8 @@ from benchdata import faces
 
 # Without XLA, then with it: LRPExplainer in process (relevance only), the exported signature's function
 # in process (relevance plus every model output), and that signature served over gRPC.
+# A photo as users bring it: one OMI face file (its detector framing runs in the timed call).
+PHOTO = Path(os.environ.get("PSYATTR_DATA_DIR", "../shared/data")) / "omi" / "images_256" / "1.jpg"
 GROUPS = (("LRPExplainer", "signature explain", "gRPC explain"),
           ("LRPExplainer, XLA", "signature explain_xla", "gRPC explain_xla"))
 
@@ -177,6 +180,9 @@ def main() -> None:
                     calls[local_name] = lambda e=explainer, x=images: e(x, 0)
                     calls[signature_name] = lambda f=function, x=inputs: f(*x)["heatmap"].numpy()
                     calls[served_name] = lambda x=images, jit=xla: client.explain(x, 0, xla=jit)
+                if batch == 1:
+                    # One photo file end to end: framed here by the detector, sent as PNG to explain_image.
+                    calls["gRPC explain_image photo"] = lambda: client.explain_photos([PHOTO], 0)
                 results[batch] = timed(calls, rounds)
         finally:
             client.close()
@@ -192,6 +198,9 @@ def main() -> None:
             values = results[1][name]
             print(f"  {name:24s} {statistics.median(values) * 1e3:8.1f} {percentile(values, 99) * 1e3:8.1f} "
                   f"{statistics.median(values) / base:19.2f}")
+    values = results[1]["gRPC explain_image photo"]
+    print(f"  {'gRPC explain_image photo':24s} {statistics.median(values) * 1e3:8.1f} {percentile(values, 99) * 1e3:8.1f} "
+          f"{statistics.median(values) / statistics.median(results[1][GROUPS[0][0]]):19.2f}  (a photo file, framed here)")
     print(f"\nbatch 16, explain throughput in images/s over {args.rounds_16} rounds (median)")
     print(f"  {'method':24s} {'images/s':>9s} {'x LRPExplainer':>15s}")
     for group in GROUPS:

@@ -160,3 +160,21 @@ def test_the_page_explains_an_uploaded_face_with_two_models_as_grpc_does(server,
     keep = os.environ.get("PSYATTR_SCREENSHOTS")
     if keep:
         shutil.copy(screenshot, os.path.join(keep, "page.png"))
+
+
+def test_the_client_frames_photo_files_and_sends_them_as_photos(server, omi_dir, tmp_path):
+    from psyattr.faces import FramingError
+
+    photos = [omi_dir / "images_256" / name for name in ("1.jpg", "2.jpg")]
+    with ExplainerClient(server.rest_address, REGRESSOR, timeout=120) as client:
+        by_pixels = client.explain(framed_inputs(photos, client.framing), "happy")
+        by_photo = client.explain_photos([photos[0], photos[1].read_bytes()], "happy")
+        assert by_photo.target_names == by_pixels.target_names == ["happy", "happy"]
+        np.testing.assert_allclose(by_photo.scores, by_pixels.scores, rtol=1e-5)
+        assert_heatmaps_close(by_photo.heatmap, by_pixels.heatmap)
+        predicted = client.predict_photos(photos)
+        for key, values in client.predict(framed_inputs(photos, client.framing)).items():
+            np.testing.assert_allclose(predicted[key], values, rtol=1e-5)
+        Image.new("RGB", (200, 200), (128, 128, 128)).save(tmp_path / "wall.png")
+        with pytest.raises(FramingError, match=r"no face found in .*wall.png"):
+            client.explain_photos([photos[0], tmp_path / "wall.png"])

@@ -6,6 +6,7 @@ Works the same against `tensorflow_model_server` and `psyattr serve`.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Sequence
 
@@ -116,19 +117,62 @@ class ExplainerClient:
         `xla=True` asks for `explain_xla`, which only servers started with XLA enabled can run.
         """
         images = _images(images)
+        targets = self._checked_targets(target, len(images))
+        outputs = self._batched("explain_xla" if xla else "explain", {"image": images, "target": targets})
+        return self._explanation(outputs, self._output_names())
+
+    def _checked_targets(self, target: TargetSpec, count: int) -> np.ndarray:
         names = self._output_names()
         try:
-            targets = _targets(target, len(images), names)
+            return _targets(target, count, names)
         except ValueError as err:
             if not names:
                 raise
             # The server would refuse it with this status: the same answer, without sending the images.
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"{self.model_name} at {self.target}: {err}") from None
-        outputs = self._batched("explain_xla" if xla else "explain", {"image": images, "target": targets})
+
+    @staticmethod
+    def _explanation(outputs: dict[str, np.ndarray], names: list[str] | None) -> Explanation:
         targets = [t.decode() if isinstance(t, bytes) else str(t) for t in outputs.pop("target")]
         scores, heatmap = outputs.pop("target_score"), outputs.pop("heatmap")
         indices = np.asarray([names.index(t) if names and t in names else -1 for t in targets])
         return Explanation(indices, targets, scores, heatmap, outputs)
+
+    def predict_photos(self, photos: Sequence[str | os.PathLike | bytes], framing: str | None = "model"
+                       ) -> dict[str, np.ndarray]:
+        """`predict_image` on photo files (or their bytes), each framed first as the export records (`framing`)."""
+        return self._batched("predict_image", {"photo": self._framed_photos(photos, framing)})
+
+    def explain_photos(self, photos: Sequence[str | os.PathLike | bytes], target: TargetSpec = None,
+                       framing: str | None = "model") -> Explanation:
+        """`explain_image` on photo files (or their bytes), each framed first as the export records (`framing`).
+
+        `framing` "model" takes the export's framing; None sends photos that are framed already.
+        The heatmaps lie over the framed faces' model inputs (the centre 227 px of the frame).
+        """
+        encoded = self._framed_photos(photos, framing)
+        names = self._output_names()
+        outputs = self._batched("explain_image", {"photo": encoded, "target": self._checked_targets(target,
+                                                                                                    len(encoded))})
+        return self._explanation(outputs, names)
+
+    def _framed_photos(self, photos, framing) -> np.ndarray:
+        import io
+
+        from PIL import Image
+
+        from psyattr.data.images import decode_rgb
+        from psyattr.faces.framing import frame_image, resolve_framing
+
+        chosen = resolve_framing(framing, self.framing, f"served model {self.model_name} at {self.target}")
+        encoded = []
+        for i, photo in enumerate(photos):
+            name = f"photo {i}" if isinstance(photo, (bytes, bytearray)) else str(photo)
+            face = frame_image(decode_rgb(photo, name=name), chosen, source=name)
+            buffer = io.BytesIO()
+            Image.fromarray(face.image).save(buffer, format="PNG")
+            encoded.append(buffer.getvalue())
+        return np.array(encoded, dtype=object)
 
     def __call__(self, images: np.ndarray, target: TargetSpec = None) -> Explanation:
         """`explain` as every attribution method is called."""
