@@ -257,7 +257,7 @@ BAD_REQUESTS = {
     "DELETE": ("DELETE", f"/v1/models/{REGRESSOR}", None, 400, "INVALID_ARGUMENT", "^Malformed request: DELETE "),
     "classify": ("POST", f"/v1/models/{REGRESSOR}:classify", lambda x: {"examples": []}, 501, "UNIMPLEMENTED",
                  r"^classify is not served here"),
-    "outside the API": ("GET", "/index.html", None, 404, "NOT_FOUND", r"^Not found: /index\.html"),
+    "outside the API": ("GET", "/favicon.ico", None, 404, "NOT_FOUND", r"^Not found: /favicon\.ico"),
 }
 
 
