@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -15,6 +16,7 @@ import pytest
 from PIL import Image
 
 from psyattr.export import export_model
+from psyattr.faces import get_framing
 from psyattr.lrp.heatmap import render
 from psyattr.serving import ExplainerClient, ModelServer
 from psyattr.studies.report import find_chromium
@@ -67,16 +69,10 @@ def test_the_page_and_its_endpoints_are_served_from_the_package(server, omi_dir)
     status, _, body = fetch(server, f"/psyattr/frame?model={GENDER}", photo)
     framed = json.loads(body)
     assert status == 200 and framed["framing"] == "utkface" and framed["size"] == 256
-    frame = np.asarray(Image.open(io.BytesIO(__import__("base64").b64decode(framed["framed"]))))
+    frame = np.asarray(Image.open(io.BytesIO(base64.b64decode(framed["framed"]))))
     assert frame.shape == (256, 256, 3)
-    expected = framed_inputs([omi_dir / "images_256" / "1.jpg"], {"name": "utkface", **_utkface()})[0]
+    expected = framed_inputs([omi_dir / "images_256" / "1.jpg"], get_framing("utkface").to_json())[0]
     np.testing.assert_array_equal(frame[14:241, 14:241].astype(np.float32), expected)
-
-
-def _utkface() -> dict:
-    from psyattr.faces import get_framing
-
-    return get_framing("utkface").to_json()
 
 
 @pytest.mark.parametrize("case", ["no face", "no image", "empty", "no model", "unknown model"])

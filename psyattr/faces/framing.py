@@ -210,6 +210,14 @@ class FramedFace:
         crop = self.image[CROP_OFFSET:CROP_OFFSET + CROP_SIZE, CROP_OFFSET:CROP_OFFSET + CROP_SIZE]
         return crop.astype(np.float32)
 
+    def png(self) -> bytes:
+        """The framed face (the whole frame) as a PNG file, as the photo signatures take it."""
+        import io
+
+        buffer = io.BytesIO()
+        Image.fromarray(self.image).save(buffer, format="PNG")
+        return buffer.getvalue()
+
     def input_landmarks(self) -> Landmarks | None:
         """The landmarks in the model-input frame (227 px), or None when the framing used none."""
         if self.landmarks is None:

@@ -157,10 +157,6 @@ class ExplainerClient:
         return self._explanation(outputs, names)
 
     def _framed_photos(self, photos, framing) -> np.ndarray:
-        import io
-
-        from PIL import Image
-
         from psyattr.data.images import decode_rgb
         from psyattr.faces.framing import frame_image, resolve_framing
 
@@ -168,10 +164,7 @@ class ExplainerClient:
         encoded = []
         for i, photo in enumerate(photos):
             name = f"photo {i}" if isinstance(photo, (bytes, bytearray)) else str(photo)
-            face = frame_image(decode_rgb(photo, name=name), chosen, source=name)
-            buffer = io.BytesIO()
-            Image.fromarray(face.image).save(buffer, format="PNG")
-            encoded.append(buffer.getvalue())
+            encoded.append(frame_image(decode_rgb(photo, name=name), chosen, source=name).png())
         return np.array(encoded, dtype=object)
 
     def __call__(self, images: np.ndarray, target: TargetSpec = None) -> Explanation:

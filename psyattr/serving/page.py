@@ -12,12 +12,10 @@ a CDN). Its script asks two small JSON endpoints beside TF Serving's API, then t
 from __future__ import annotations
 
 import base64
-import io
 import json
 from importlib import resources
 from urllib.parse import parse_qs
 
-from PIL import Image
 from tensorflow_serving.apis import model_pb2
 
 from psyattr.serving.errors import ServingError, clip, invalid, not_found
@@ -75,8 +73,5 @@ def frame_upload(core, query: str, body: bytes) -> bytes:
         face = frame_image(decode_rgb(bytes(body), name="the photo"), Framing.from_json(record), source="the photo")
     except ImageError as err:  # FramingError included: no face, a tiny face, a face cut off
         raise invalid(str(err)) from None
-    buffer = io.BytesIO()
-    Image.fromarray(face.image).save(buffer, format="PNG")
     return json.dumps({"model": names[0], "framing": face.framing.name, "notes": list(face.notes),
-                       "size": face.framing.size, "crop": 227,
-                       "framed": base64.b64encode(buffer.getvalue()).decode()}).encode()
+                       "size": face.framing.size, "crop": 227, "framed": base64.b64encode(face.png()).decode()}).encode()

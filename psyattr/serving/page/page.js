@@ -245,5 +245,16 @@ drop.addEventListener("drop", (event) => {
   drop.classList.remove("over");
   choose(event.dataTransfer.files[0]);
 });
+function addColumns() {
+  const template = $("column");
+  for (const column of COLUMNS) {
+    const part = template.content.cloneNode(true);
+    part.querySelector("article").dataset.column = column;
+    for (const element of part.querySelectorAll("[id]")) element.id = element.id.replace("COLUMN", column);
+    $("columns").appendChild(part);
+  }
+}
+
+addColumns();
 drawColorbar();
 loadModels().catch((err) => { $("status").textContent = `Cannot list the served models: ${err.message}`; });
