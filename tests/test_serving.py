@@ -458,10 +458,12 @@ def test_cli_predict_and_explain_ask_the_server(server, omi_dir, tmp_path):
 def test_serve_command_disables_xla_like_tf_serving_and_stops_gracefully(serving_root, face_images, tmp_path):
     shutil.copytree(serving_root / "psyattr_gender", tmp_path / "models" / "psyattr_gender")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    # Batches of 32, so that one request is long enough to be signalled while it runs (below).
+    (tmp_path / "batching.txt").write_text("max_batch_size { value: 32 }\nbatch_timeout_micros { value: 2000 }\n")
     with open(tmp_path / "stderr.txt", "w") as stderr:
         process = subprocess.Popen([sys.executable, "-m", "psyattr", "serve", "--models", str(tmp_path / "models"),
-                                    "--port", "0", "--no-rest"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr,
-                                   text=True)
+                                    "--port", "0", "--no-rest", "--batching-parameters", str(tmp_path / "batching.txt")],
+                                   cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
     try:
@@ -474,14 +476,17 @@ def test_serve_command_disables_xla_like_tf_serving_and_stops_gracefully(serving
             client.explain(face_images[:1], xla=True)
         assert caught.value.code == grpc.StatusCode.INTERNAL
 
-        with ThreadPoolExecutor(1) as pool:  # SIGTERM while an explain is running: it is still answered
-            images = np.concatenate([face_images, face_images[:6]])
+        # SIGTERM while an explain is running: it is still answered. 32 images in one request take about 1.5 s
+        # to explain here, so the signal lands after the request has arrived and before it is answered.
+        client.batch_size = 32
+        with ThreadPoolExecutor(1) as pool:
+            images = np.concatenate([face_images] * 3 + [face_images[:2]])
             running = pool.submit(lambda: (client.explain(images, "female"), time.monotonic()))
-            time.sleep(0.3)
+            time.sleep(0.6)
             signalled = time.monotonic()
             process.send_signal(signal.SIGTERM)
             result, answered = running.result(timeout=120)
-        assert result.heatmap.shape == (16, 227, 227) and answered > signalled
+        assert result.heatmap.shape == (32, 227, 227) and answered > signalled
         assert process.wait(timeout=120) == 0
         assert lines.get(timeout=10).strip() == "stopped"
         client.close()
