@@ -45,4 +45,13 @@ class Explanation:
         }
 
 
-__all__ = ["Explanation"]
+def from_signature(outputs: dict[str, np.ndarray], names: list[str] | None) -> Explanation:
+    """An explanation from the outputs of an exported `explain` signature (`target`, `target_score`, `heatmap`, ...)."""
+    outputs = dict(outputs)
+    targets = [t.decode() if isinstance(t, bytes) else str(t) for t in outputs.pop("target")]
+    scores, heatmap = outputs.pop("target_score"), outputs.pop("heatmap")
+    indices = np.asarray([names.index(t) if names and t in names else -1 for t in targets])
+    return Explanation(indices, targets, scores, heatmap, outputs)
+
+
+__all__ = ["Explanation", "from_signature"]

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from psyattr.cli import cli
+from psyattr.cli.engine import engine_options, refuse_local_options, run_on_ray
 from psyattr.cli.options import fail, framing_option, max_pixels_option, report_skipped
 
 FRAMING_HELP = ("How each photo is framed before it is scored [default: as the model records; none: the images are "
@@ -20,12 +21,16 @@ def _framing(requested, recorded, what):
 
 
 def _photos(images) -> list[Path]:
-    from psyattr.data.images import list_images
+    from psyattr.scale.inputs import is_uri, list_inputs
 
     try:
-        paths = list_images(list(images))
-    except FileNotFoundError as err:
+        found = list_inputs(list(images))
+    except (FileNotFoundError, ValueError) as err:
         fail(str(err))
+    remote = [p for p in found if is_uri(p)]
+    if remote:
+        fail(f"{remote[0]} is not a local file: photos named by URIs need --engine ray")
+    paths = [Path(p) for p in found]
     if not paths:
         fail(f"no images found in {', '.join(map(str, images))}")
     return paths
@@ -49,15 +54,27 @@ def _photos(images) -> list[Path]:
               "gRPC, or over REST with http://HOST:PORT; --model is then its served name.")
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), default=60.0, show_default=True,
               help="Seconds per request to --server.")
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@engine_options
+@click.argument("images", nargs=-1, required=True)
 @click.pass_context
 def explain(ctx, model_spec, target, composite, batch_size, jit, out, framing, on_original, progress, server, timeout,
-            images) -> None:
-    """Explain IMAGES (files or folders): a PNG heatmap, the relevance .npy and the scores .json per image."""
+            engine, address, workers, images) -> None:
+    """Explain IMAGES (files, folders, globs; with Ray also URIs and Parquet/CSV lists): a PNG heatmap, the
+    relevance .npy and the scores .json per image, or with --engine ray one Parquet row per image."""
     from psyattr.faces.framing import FramingError
     from psyattr.lrp import COMPOSITES, GRADIENT_METHODS, LRPError
     from psyattr.serving.errors import ServingError
 
+    refuse_local_options(engine, address, workers)
+    if composite not in COMPOSITES and composite not in GRADIENT_METHODS:
+        fail(f"unknown composite {composite!r}: expected one of {', '.join([*sorted(COMPOSITES), *GRADIENT_METHODS])}")
+    if engine == "ray":
+        for name, value in (("server", server), ("on-original", on_original or None)):
+            if value is not None:
+                fail(f"--{name} applies to --engine local")
+        run_on_ray("explain", model_spec, images, out, framing=framing, target=target, composite=composite, jit=jit,
+                   batch_size=batch_size, address=address, workers=workers, progress=progress)
+        return
     paths = _photos(images)
     try:
         if server:
@@ -69,9 +86,6 @@ def explain(ctx, model_spec, target, composite, batch_size, jit, out, framing, o
                                                on_original, progress, paths)
             where = f"{model_spec} at {server}"
         else:
-            if composite not in COMPOSITES and composite not in GRADIENT_METHODS:
-                fail(f"unknown composite {composite!r}: expected one of "
-                     f"{', '.join([*sorted(COMPOSITES), *GRADIENT_METHODS])}")
             written, skipped, where = _explain_local(model_spec, target, composite, jit, batch_size, out, framing,
                                                      on_original, progress, paths)
     except (LRPError, ServingError, FramingError, ValueError, FileNotFoundError) as err:
@@ -116,18 +130,29 @@ def _explain_served(server, model_name, target, batch_size, timeout, out, framin
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
 @framing_option(FRAMING_HELP)
 @max_pixels_option
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write one row per image: .csv (a column per output) or .json [default: JSON lines on stdout].")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Write one row per image: .csv (a column per output) or .json [default: JSON lines on stdout]; "
+                   "with --engine ray, a folder for the Parquet dataset.")
 @click.option("--progress/--no-progress", default=False)
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-def predict(model_spec, server, timeout, batch_size, framing, out, progress, images) -> None:
-    """Score IMAGES (files or folders): the model's named outputs per image (and the expected age of an age net)."""
+@engine_options
+@click.argument("images", nargs=-1, required=True)
+def predict(model_spec, server, timeout, batch_size, framing, out, progress, engine, address, workers,
+            images) -> None:
+    """Score IMAGES (files, folders, globs; with Ray also URIs and Parquet/CSV lists): the model's named outputs
+    per image (and the expected age of an age net)."""
     import json
 
     from psyattr.faces.framing import FramingError
     from psyattr.predict import predict_files, write_predictions
     from psyattr.serving.errors import ServingError
 
+    refuse_local_options(engine, address, workers)
+    if engine == "ray":
+        if server:
+            fail("--server applies to --engine local")
+        run_on_ray("predict", model_spec, images, out, framing=framing, batch_size=batch_size, address=address,
+                   workers=workers, progress=progress)
+        return
     if out is not None and out.suffix.lower() not in (".csv", ".json"):
         fail(f"--out must end in .csv or .json, got {out.name}")
     paths = _photos(images)

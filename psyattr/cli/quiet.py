@@ -1,4 +1,4 @@
-"""Keeping the command line's output to psyattr's own: TensorFlow's native start-up lines filtered out.
+"""Keeping the command line's output to psyattr's own: TensorFlow's (and Ray's) native log lines filtered out.
 
 TensorFlow's C++ side writes log lines (oneDNN, CUDA, CPU features, XLA) straight to file descriptor 2, and no
 setting silences all of them. The `psyattr` command (never a user's own process, which `import psyattr` leaves
@@ -17,7 +17,12 @@ import threading
 
 # absl/TSL log lines: severity, date, time, thread id, file:line], e.g. "I0000 00:00:1796.123   2515 port.cc:153] ...".
 _LOG_LINE = re.compile(rb"^(?P<level>[IWE])\d{4} \d\d:\d\d:[\d.]+\s+\d+ [\w./+-]+:\d+\] (?P<text>.*)")
+# Ray's core lines, e.g. "[2026-12-03 09:30:36,314 E 19732 19732] core_worker.cc:2465: ...".
+_RAY_LINE = re.compile(rb"^\[\d{4}-\d\d-\d\d [\d:,]+ (?P<level>[IWE]) \d+ \d+\] [\w./+-]+:\d+: (?P<text>.*)")
 _NOISE = (rb"WARNING: All log messages before absl::InitializeLog()", rb"To enable the following instructions")
+# Ray Data's actor pool keeps its own map function in the object store and Ray's core says so for every pool
+# (ray-project/ray#53727): not a failure of the job.
+_RAY_NOISE = re.compile(rb"has constructor arguments in the object store")
 # Error lines that only say a machine has no usable GPU: every other error line is shown.
 _GPU_NOISE = re.compile(rb"cuInit|CUDA|cuda|Unable to register cu\w+ factory")
 
@@ -26,9 +31,12 @@ def _keep(line: bytes) -> bool:
     if line.startswith(_NOISE):
         return False
     match = _LOG_LINE.match(line)
-    if match is None:
-        return True
-    return match["level"] == b"E" and not _GPU_NOISE.search(match["text"])
+    if match is not None:
+        return match["level"] == b"E" and not _GPU_NOISE.search(match["text"])
+    match = _RAY_LINE.match(line)
+    if match is not None:
+        return match["level"] == b"E" and not _RAY_NOISE.search(match["text"])
+    return True
 
 
 def quiet_native_logs() -> None:

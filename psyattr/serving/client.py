@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import grpc
 import numpy as np
 
-from psyattr.explanation import Explanation
+from psyattr.explanation import Explanation, from_signature
 from psyattr.models.outputs import TOP, target_indices
 from psyattr.serving.errors import ServingError
 from psyattr.serving.transports import GrpcTransport, RestTransport, Target
@@ -133,10 +133,7 @@ class ExplainerClient:
 
     @staticmethod
     def _explanation(outputs: dict[str, np.ndarray], names: list[str] | None) -> Explanation:
-        targets = [t.decode() if isinstance(t, bytes) else str(t) for t in outputs.pop("target")]
-        scores, heatmap = outputs.pop("target_score"), outputs.pop("heatmap")
-        indices = np.asarray([names.index(t) if names and t in names else -1 for t in targets])
-        return Explanation(indices, targets, scores, heatmap, outputs)
+        return from_signature(outputs, names)
 
     def predict_photos(self, photos: Sequence[str | os.PathLike | bytes], framing: str | None = "model"
                        ) -> dict[str, np.ndarray]:
