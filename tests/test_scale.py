@@ -264,3 +264,38 @@ def test_a_killed_actor_does_not_lose_or_redo_finished_work(ray_cluster, photo_f
     # The one batch in flight when the actor died may be written again (under its own name); none before it.
     rewritten = [name for name, stamp in finished.items() if (out / name).stat().st_mtime_ns != stamp]
     assert len(rewritten) <= 1, f"finished parts were written again: {rewritten}"
+
+
+@pytest.mark.slow
+def test_an_exported_savedmodel_gives_what_its_keras_model_gives(tmp_path):
+    """The worker's third kind of model: a TF Serving export (its `explain` and `serving_default` signatures)."""
+    from psyattr.export import export_model
+    from psyattr.scale.worker import BatchJob, BatchWorker
+    from tests.test_lrp_explainer import random_net
+
+    model = random_net("age", 3, zero_bias=False)
+    model.save(tmp_path / "age.keras")
+    export_model(tmp_path / "age.keras", tmp_path / "models", "age_random", framing="none")
+    rng = np.random.default_rng(1)
+    photos = []
+    for index in range(3):
+        Image.fromarray(rng.integers(0, 256, (240, 260, 3), dtype=np.uint8)).save(tmp_path / f"p{index}.png")
+        photos.append(str(tmp_path / f"p{index}.png"))
+    photos.append(str(tmp_path / "missing.png"))
+    for mode in ("explain", "predict"):
+        rows = {}
+        for kind, spec in (("keras", tmp_path / "age.keras"), ("export", tmp_path / "models" / "age_random")):
+            job = BatchJob(mode, str(spec), str(tmp_path / f"{mode}_{kind}"), framing="none")
+            results.open_results(job.out, job.record())
+            BatchWorker(job)({"paths": np.array([photos], dtype=object)})
+            rows[kind] = {r["path"]: r for r in read_results(job.out).to_pylist()}
+        assert rows["export"][photos[-1]]["error"] == f"cannot read {photos[-1]}: No such file or directory"
+        for photo in photos[:-1]:
+            keras_row, export_row = rows["keras"][photo], rows["export"][photo]
+            if mode == "explain":
+                assert export_row["target"] == keras_row["target"]
+                np.testing.assert_allclose(export_row["score"], keras_row["score"], rtol=1e-4)
+                np.testing.assert_allclose(export_row["relevance_sum"], keras_row["relevance_sum"], rtol=1e-3, atol=1e-6)
+            else:
+                for key in ("prob_0_2", "logit_60_100", "expected_age"):
+                    np.testing.assert_allclose(export_row[key], keras_row[key], rtol=1e-5, atol=1e-7)
