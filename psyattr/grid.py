@@ -30,16 +30,21 @@ def run_grid(data: RatedFaces, out_dir: str | os.PathLike, data_spec: dict[str, 
              bases: Sequence[str] = BASES, modes: Sequence[str] = MODES,
              attributes: Sequence[str] = PAPER_ATTRIBUTES, epochs: dict[str, int] | None = None, seed: int = 0,
              cache_dir: str | os.PathLike | None = None, progress: bool = True, joint: bool = False,
-             framing: str | None = None) -> list[Path]:
+             framing: str | None = None, cv: int | None = None) -> list[Path]:
     """Train every (base, mode, attribute) model not finished yet (resuming partial runs); return the run dirs.
 
     With `joint`, each (base, mode) gets one model scoring all attributes at once instead of one per attribute.
-    `framing` frames the photos (None: each base net's own framing).
+    `framing` frames the photos (None: each base net's own framing). With `cv`, each cell is a `cv`-fold
+    cross-validation (a folder of fold runs) instead of one run on the 50/50 split.
     """
+    from psyattr.crossval import check_folds, cross_validate
+
     out_dir = Path(out_dir)
     epochs = {**DEFAULT_EPOCHS, **(epochs or {})}
     for attribute in attributes:
         data.resolve(attribute)  # unknown attributes fail before any training starts
+        if cv is not None:
+            check_folds(data, [data.resolve(attribute)], cv)  # and so do folds that cannot split the faces
     runs = []
     groups = [list(attributes)] if joint else [[a] for a in attributes]
     for mode in modes:
@@ -47,6 +52,11 @@ def run_grid(data: RatedFaces, out_dir: str | os.PathLike, data_spec: dict[str, 
             for group in groups:
                 run_dir = out_dir / run_name(base, mode, "joint" if joint else group[0])
                 runs.append(run_dir)
+                config = TrainConfig(base, mode, group, epochs=epochs[mode], seed=seed, framing=framing)
+                if cv is not None:
+                    log.info("cross-validating %s (%d folds, %d epochs each)", run_dir.name, cv, epochs[mode])
+                    cross_validate(data, run_dir, config, cv, data_spec, cache_dir, progress)
+                    continue
                 state = read_state(run_dir)
                 if state and state["identity"].get("seed", seed) != seed:
                     raise ValueError(f"{run_dir} holds a run with seed {state['identity']['seed']}, not {seed}: "
@@ -55,7 +65,6 @@ def run_grid(data: RatedFaces, out_dir: str | os.PathLike, data_spec: dict[str, 
                     log.info("%s is complete, skipped", run_dir.name)
                     continue
                 log.info("training %s (%d epochs)", run_dir.name, epochs[mode])
-                config = TrainConfig(base, mode, group, epochs=epochs[mode], seed=seed, framing=framing)
                 train_regressor(data, run_dir, config, data_spec, resume=state is not None, cache_dir=cache_dir,
                                 progress=progress)
     return runs
@@ -79,13 +88,22 @@ def table_rows(runs: list[Run]) -> list[dict[str, Any]]:
     rows = []
     for run in runs:
         config, metrics = run.config, run.metrics
-        framing = (run.framing or {}).get("name", "?")
+        framing = (metrics.get("framing") or run.framing or {})
+        framing = framing.get("name", "?") if isinstance(framing, dict) else str(framing)
         for requested, column in zip(config["attributes"], config["columns"]):
             m = metrics["attributes"][column]
+            ci, ceiling = m.get("ci", {}), m.get("ceiling") or {}
+            nan = float("nan")
             rows.append({
                 "attribute": requested, "column": column, "base": _base_label(config["base"]), "mode": config["mode"],
                 "framing": framing, "epochs": len(run.history) or config["epochs"], "seed": config["seed"],
+                "protocol": metrics.get("protocol", "50/50 split"),
                 "mae_1_9": m["mae_1_9"], "mae_native": m["mae_native"], "pearson_r": m["pearson_r"],
+                "pearson_r_low": ci.get("pearson_r", [nan, nan])[0], "pearson_r_high": ci.get("pearson_r", [nan, nan])[1],
+                "r2": m.get("r2", nan), "spearman": m.get("spearman", nan),
+                "ceiling_r": ceiling.get("r", nan), "r_fraction": m.get("r_fraction", nan),
+                "r_fraction_low": ci.get("r_fraction", [nan, nan])[0] if ci.get("r_fraction") else nan,
+                "r_fraction_high": ci.get("r_fraction", [nan, nan])[1] if ci.get("r_fraction") else nan,
                 "baseline_mae_1_9": m["baseline_mae_1_9"], "baseline_mae_native": m["baseline_mae_native"],
                 "beats_baseline": m["mae"] < m["baseline_mae"], "test_count": m["count"],
             })
@@ -107,21 +125,30 @@ def write_table1(runs: list[Run], out_dir: str | os.PathLike) -> tuple[Path, Pat
     atomic_write_text(csv_path, buffer.getvalue())
     scale = runs[0].metrics["scale"]
     notes = sorted({note for run in runs for note in run.config.get("notes", [])})
+    protocols = sorted({r["protocol"] for r in rows})
+    faces = (f"{rows[0]['test_count']} test faces" if protocols == ["50/50 split"]
+             else f"{' and '.join(protocols)}: every face predicted once by a model that did not train on it")
     lines = [
-        f"# Table 1: test MAE of the fine-tuned models ({runs[0].metrics['dataset']}, "
-        f"{rows[0]['test_count']} test faces, seed {rows[0]['seed']})",
+        f"# Table 1: test MAE of the fine-tuned models ({runs[0].metrics['dataset']}, {faces}, seed {rows[0]['seed']})",
         "",
         f"MAE on the paper's 1..9 scale and on the data set's own {scale[0]:g}..{scale[1]:g} scale; baseline: always "
-        "predicting the training mean. Lower is better.",
+        "predicting the training mean (lower is better). Pearson r with its bootstrap 95 % interval over the test "
+        "faces, R^2 and Spearman of the predictions against the mean ratings. Ceiling: the raters' own split-half r "
+        "on the same faces (two random halves of the raters, 50 splits); r / ceiling 1.0 means the model predicts the "
+        "mean rating as well as half of the raters do.",
         "",
-        "| attribute | base | mode | framing | epochs | MAE (1-9) | MAE (native) | Pearson r | baseline MAE (1-9) | "
-        "beats baseline |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---|",
+        "| attribute | base | mode | framing | epochs | MAE (1-9) | MAE (native) | Pearson r [95 % CI] | R^2 | Spearman "
+        "| ceiling | r / ceiling [95 % CI] | baseline MAE (1-9) | beats baseline |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         label = r["attribute"] if r["attribute"] == r["column"] else f"{r['attribute']} ({r['column']})"
+        fraction = (f"{r['r_fraction']:.2f} [{r['r_fraction_low']:.2f}, {r['r_fraction_high']:.2f}]"
+                    if r["r_fraction"] == r["r_fraction"] else "n/a")
+        ceiling = f"{r['ceiling_r']:.3f}" if r["ceiling_r"] == r["ceiling_r"] else "n/a"
         lines.append(f"| {label} | {r['base']} | {r['mode']} | {r['framing']} | {r['epochs']} | {r['mae_1_9']:.3f} | "
-                     f"{r['mae_native']:.2f} | {r['pearson_r']:.3f} | {r['baseline_mae_1_9']:.3f} | "
+                     f"{r['mae_native']:.2f} | {r['pearson_r']:.3f} [{r['pearson_r_low']:.3f}, {r['pearson_r_high']:.3f}] | "
+                     f"{r['r2']:.3f} | {r['spearman']:.3f} | {ceiling} | {fraction} | {r['baseline_mae_1_9']:.3f} | "
                      f"{'yes' if r['beats_baseline'] else 'NO'} |")
     if notes:
         lines += ["", *[f"Note: {n}." for n in notes]]

@@ -120,7 +120,7 @@ class Run:
 
     @property
     def kind(self) -> str:
-        """"train" (an attribute regressor) or "pretrain" (a base net)."""
+        """"train" (an attribute regressor), "pretrain" (a base net) or "cv" (a cross-validation of folds)."""
         return self.config.get("kind") or self.config.get("identity", {}).get("kind") or \
             ("pretrain" if "task" in self.config else "train")
 
@@ -195,7 +195,9 @@ class Run:
 
     @property
     def finished(self) -> bool:
-        """Whether the run saved its model and its metrics."""
+        """Whether the run saved its model and its metrics (a cross-validation: its pooled metrics)."""
+        if self.kind == "cv":
+            return (self.path / METRICS_FILE).exists()
         return self.model_file.exists() and (self.path / METRICS_FILE).exists()
 
     def load_model(self):

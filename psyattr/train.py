@@ -33,7 +33,7 @@ from psyattr.models.precision import dtype_policy, resolve_precision
 from psyattr.models.regressor import build_attribute_regressor, check_mode
 from psyattr.models.weights import recorded_framing
 from psyattr.runs import Run, RunError, check_run_dir
-from psyattr.transfer_metrics import regression_scores
+from psyattr.transfer_metrics import regression_scores, with_ceiling
 
 log = logging.getLogger(__name__)
 
@@ -157,11 +157,13 @@ def train_regressor(
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
     keep_checkpoints: int = 2,
+    split: tuple[str, dict[str, np.ndarray]] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune `config.base` to `config.attributes` of `data` in `run_dir`; return the test metrics.
 
     Everything is checked (the folder, the base net, its framing, the ratings, the images) before the run
-    folder is written to, so a bad input leaves nothing behind.
+    folder is written to, so a bad input leaves nothing behind. `split` is (its name, face indices of "train"
+    and "test") where not the seeded 50/50 split (a fold of cross-validation).
     """
     run_dir = Path(run_dir)
     columns = [data.resolve(a) for a in config.attributes]
@@ -171,8 +173,10 @@ def train_regressor(
     # The seed fixes the 50/50 split, and the data its faces: resuming with either changed would mix them up.
     identity = {"kind": "train", "base": config.base, "mode": config.mode, "attributes": columns, "seed": config.seed,
                 "framing": framing.name, "data": data_identity(data, data_spec, columns)}
+    if split is not None:
+        identity["split"] = split[0]
     state = check_run_dir(run_dir, identity, resume)
-    splits = split_halves(data, config.seed)
+    splits = split[1] if split is not None else split_halves(data, config.seed)
     train_index, train_y = _valid_targets(data, columns, splits["train"])
     test_index, test_y = _valid_targets(data, columns, splits["test"])
     images, kept = frame_rated_images(data, framing, cache_dir=cache_dir, progress=progress)
@@ -210,7 +214,7 @@ def train_regressor(
                             state, progress, keep_checkpoints)
     copy_weights(trained, regressor)
     atomic_save_model(regressor, run_dir / "model.keras")
-    return evaluate_run(regressor, data, run_dir, columns, train_y, test_index, test_crops, test_y)
+    return evaluate_run(regressor, data, run_dir, columns, train_y, test_index, test_crops, test_y, data_spec)
 
 
 def feature_dataset(center: np.ndarray, mirrored: np.ndarray, targets: np.ndarray, batch: int, seed: int
@@ -274,15 +278,23 @@ def _fit_full(make_regressor, train_images, train_y, test_crops, test_y, run_dir
 
 
 def evaluate_run(model: keras.Model, data: RatedFaces, out_dir: Path, columns: Sequence[str], train_y: np.ndarray,
-                 test_index: np.ndarray, test_crops: np.ndarray, test_y: np.ndarray) -> dict[str, Any]:
-    """Score the test half per attribute; write metrics.json and predictions.csv into `out_dir`."""
+                 test_index: np.ndarray, test_crops: np.ndarray, test_y: np.ndarray,
+                 data_spec: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Score the test half per attribute; write metrics.json and predictions.csv into `out_dir`.
+
+    Where the data set has single ratings (OMI), each attribute's raters' split-half r over the same test
+    faces is the `ceiling`, and `r_fraction` is the model's r as a fraction of it.
+    """
+    from psyattr.ceiling import ceilings
+
     out_dir.mkdir(parents=True, exist_ok=True)
     predicted = Forward(model, 32)(test_crops)
     metrics: dict[str, Any] = {"dataset": data.name, "scale": list(data.scale), "test_count": int(len(test_y)),
                                "attributes": {}}
+    ceiling = ceilings(data_spec, columns, [data.ids[i] for i in test_index])
     for k, column in enumerate(columns):
-        metrics["attributes"][column] = regression_scores(test_y[:, k], predicted[:, k], float(train_y[:, k].mean()),
-                                                          data.scale)
+        scores = regression_scores(test_y[:, k], predicted[:, k], float(train_y[:, k].mean()), data.scale)
+        metrics["attributes"][column] = with_ceiling(scores, ceiling.get(column))
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -294,7 +306,8 @@ def evaluate_run(model: keras.Model, data: RatedFaces, out_dir: Path, columns: S
 
 
 def evaluate_saved_run(run_dir: str | os.PathLike, data: RatedFaces | None = None,
-                       cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+                       cache_dir: str | os.PathLike | None = None, data_spec: dict[str, Any] | None = None
+                       ) -> dict[str, Any]:
     """Re-score a run's saved model on its test faces (the data from its config unless given).
 
     Scores on the run's own data use the test ids the run recorded and replace its metrics.json and
@@ -309,7 +322,7 @@ def evaluate_saved_run(run_dir: str | os.PathLike, data: RatedFaces | None = Non
     out_dir = evaluation_dir(run.path, data)
     own_data = data is None
     if own_data:
-        spec = run.data_spec
+        spec = data_spec = run.data_spec
         if "kind" not in spec:
             raise ValueError(f"{run.path / 'config.json'} does not say where its data is: pass --data")
         data = read_rated(spec["kind"], spec["path"], tuple(spec["scale"]) if spec.get("scale") else None,
@@ -334,7 +347,8 @@ def evaluate_saved_run(run_dir: str | os.PathLike, data: RatedFaces | None = Non
     images, kept = frame_rated_images(data, framing, test_index, cache_dir, progress=False)
     if len(kept) == 0:
         raise RatingsError(f"none of the {len(test_index)} test images of {data.name} could be framed")
-    return evaluate_run(model, data, out_dir, columns, train_y, test_index[kept], center_crops(images), test_y[kept])
+    return evaluate_run(model, data, out_dir, columns, train_y, test_index[kept], center_crops(images), test_y[kept],
+                        data_spec)
 
 
 def evaluation_dir(run_dir: str | os.PathLike, data: RatedFaces | None = None) -> Path:

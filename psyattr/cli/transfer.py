@@ -25,27 +25,40 @@ from psyattr.cli.options import RatedDataSpec, fail, framing_option, load_rated,
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the 50/50 split and training.")
 @framing_option("How each photo is framed before training [default: the base net's own framing].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out after an interruption.")
+@click.option("--cv", "folds", type=int, metavar="K",
+              help="K-fold cross-validation instead of the 50/50 split: one run per fold in --out (an interrupted "
+                   "one goes on where it stopped), every face predicted once by a model that did not see it.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), envvar="PSYATTR_CACHE_DIR")
 @click.option("--progress/--no-progress", default=True)
 def train(base, mode, attributes, data_spec, scale, image_column, out, epochs, batch_size, learning_rate, seed, framing,
-          resume, cache_dir, progress) -> None:
-    """Fine-tune a base net to human ratings (the paper's SGD, Nesterov momentum, 50/50 split)."""
+          resume, folds, cache_dir, progress) -> None:
+    """Fine-tune a base net to human ratings (the paper's SGD, Nesterov momentum, 50/50 split or --cv K folds)."""
     from psyattr.checkpoints import ResumeError
+    from psyattr.runs import RunError
     from psyattr.train import TrainConfig, train_regressor
 
     try:
         spec, data = load_rated(data_spec, scale, image_column)
         config = TrainConfig(base, mode, list(attributes), epochs=epochs, batch_size=batch_size,
                              learning_rate=learning_rate, seed=seed, framing=framing)
-        metrics = train_regressor(data, out, config, spec, resume=resume, cache_dir=cache_dir, progress=progress)
-    except (ResumeError, ValueError, FileNotFoundError) as err:
+        if folds is not None:
+            from psyattr.crossval import cross_validate
+
+            metrics = cross_validate(data, out, config, folds, spec, cache_dir, progress)
+        else:
+            metrics = train_regressor(data, out, config, spec, resume=resume, cache_dir=cache_dir, progress=progress)
+    except (ResumeError, RunError, ValueError, FileNotFoundError) as err:
         fail(str(err))
     for attribute in attributes:
         note = data.note(attribute)
         if note:
             click.echo(f"note: {note}")
     click.echo(json.dumps(metrics["attributes"], indent=2))
-    click.echo(f"model: {out / 'model.keras'}; per-epoch MAE: {out / 'history.csv'}")
+    if folds is not None:
+        click.echo(f"{folds}-fold CV: pooled predictions {out / 'predictions.csv'}, metrics {out / 'metrics.json'}, "
+                   f"one run per fold in {out}/fold_*")
+    else:
+        click.echo(f"model: {out / 'model.keras'}; per-epoch MAE: {out / 'history.csv'}")
 
 
 @cli.command()
@@ -59,23 +72,27 @@ def train(base, mode, attributes, data_spec, scale, image_column, out, epochs, b
 @click.option("--seed", type=int, default=0, show_default=True)
 @framing_option("How each photo is framed [default: each base net's own framing].")
 @click.option("--table-only", is_flag=True, help="Only rewrite Table 1 and Fig. 3 from the finished runs.")
+@click.option("--cv", "folds", type=int, metavar="K",
+              help="Each cell a K-fold cross-validation instead of one run on the 50/50 split.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), envvar="PSYATTR_CACHE_DIR")
 @click.option("--progress/--no-progress", default=True)
 def grid(data_spec, scale, image_column, out, bases, modes, attributes, epochs_dense, epochs_full, seed, framing,
-         table_only, cache_dir, progress) -> None:
+         table_only, folds, cache_dir, progress) -> None:
     """Train the paper's 16 models (bases x modes x attributes), then write Table 1 and Fig. 3."""
     from psyattr.checkpoints import ResumeError
     from psyattr.grid import collect_runs, plot_fig3, run_grid, write_table1
+    from psyattr.runs import RunError
 
     try:
         if not table_only:
             spec, data = load_rated(data_spec, scale, image_column)
             run_grid(data, out, spec, bases.split(","), modes.split(","), attributes.split(","),
-                     {"dense": epochs_dense, "full": epochs_full}, seed, cache_dir, progress, framing=framing)
+                     {"dense": epochs_dense, "full": epochs_full}, seed, cache_dir, progress, framing=framing,
+                     cv=folds)
         runs = collect_runs(out)
         md_path, csv_path = write_table1(runs, out)
         fig_path = plot_fig3(runs, out / "fig3_learning_curves.png")
-    except (ResumeError, ValueError, FileNotFoundError) as err:
+    except (ResumeError, RunError, ValueError, FileNotFoundError) as err:
         fail(str(err))
     click.echo(md_path.read_text())
     click.echo(f"Table 1: {md_path} and {csv_path}; Fig. 3: {fig_path}")
@@ -91,8 +108,8 @@ def evaluate(run_dir, data_spec, scale, image_column) -> None:
     from psyattr.train import evaluate_saved_run, evaluation_dir
 
     try:
-        data = load_rated(data_spec, scale, image_column)[1] if data_spec else None
-        metrics = evaluate_saved_run(run_dir, data)
+        spec, data = load_rated(data_spec, scale, image_column) if data_spec else (None, None)
+        metrics = evaluate_saved_run(run_dir, data, data_spec=spec)
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
     click.echo(json.dumps(metrics["attributes"], indent=2))

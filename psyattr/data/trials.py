@@ -240,7 +240,8 @@ def _require(header: list[str], required: Sequence[str], source: str, fix: str) 
     return where
 
 
-def _omi_source(path: Path) -> Path:
+def omi_ratings_file(path: Path) -> Path:
+    """OMI's single-ratings file: `path` itself, or the `attribute_ratings.zip` (or .csv) in the folder `path`."""
     if path.is_dir():
         for name in ("attribute_ratings.zip", OMI_MEMBER):
             if (path / name).is_file():
@@ -269,7 +270,7 @@ def _read_text(path: Path) -> str:
 
 def read_omi_trials(path: str | os.PathLike, known: Iterable[str] | None = None) -> TrialRatings:
     """OMI's single ratings (`normal` trials, 0..100) from `attribute_ratings.zip` or its folder, unextracted."""
-    source = _omi_source(Path(path))
+    source = omi_ratings_file(Path(path))
     header, columns, lines, problems = _split_csv(_read_text(source))
     where = _require(header, OMI_COLUMNS, str(source), "pass OMI's unchanged attribute_ratings.zip")
     types = np.asarray(columns[where["rating_type"]])
