@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--modes", default="dense")
     parser.add_argument("--epochs-dense", type=int, default=120)
     parser.add_argument("--epochs-full", type=int, default=30)
-    parser.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("PSYATTR_CACHE_DIR", ".psyattr_cache")))
+    parser.add_argument("--cache-dir", type=Path, help="[default: $PSYATTR_CACHE_DIR or ~/.cache/psyattr]")
     args = parser.parse_args()
     from psyattr.data.rated import read_rated
     from psyattr.grid import collect_runs, run_grid, table_rows, write_table1
