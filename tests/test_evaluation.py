@@ -112,7 +112,10 @@ def test_cv_predicts_every_face_once_by_a_model_that_never_trained_on_it(tmp_pat
     true = np.array([float(r["happy_true"]) for r in rows]) / 100
     predicted = np.array([float(r["happy_predicted"]) for r in rows]) / 100
     assert happy["mae"] == pytest.approx(np.abs(true - predicted).mean(), abs=1e-5)
-    assert happy["ci"]["pearson_r"][0] <= happy["pearson_r"] <= happy["ci"]["pearson_r"][1]
+    if np.isfinite(happy["pearson_r"]):
+        assert happy["ci"]["pearson_r"][0] <= happy["pearson_r"] <= happy["ci"]["pearson_r"][1]
+    else:  # a random base net after 2 epochs can predict one value for every face: then no r, and no interval
+        assert np.ptp(predicted) == 0 and np.isnan(happy["ci"]["pearson_r"]).all()
 
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("fold_*/model.keras")}
     again = _train_cv(out, small_rated, bases, 4)
