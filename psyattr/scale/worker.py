@@ -57,8 +57,8 @@ class LoadedModel:
 
     framing: dict | None
     output_names: list[str]
-    predict: Callable[[np.ndarray], dict[str, np.ndarray]]
-    explain: Callable[[np.ndarray, str | None], object]
+    predict: Callable[[np.ndarray], dict[str, np.ndarray]] | None  # None where the job explains
+    explain: Callable[[np.ndarray, str | None], object] | None  # None where the job predicts
     name: str
 
 
@@ -69,11 +69,11 @@ def _load_keras(job: BatchJob) -> LoadedModel:
     from psyattr.models.weights import recorded_framing
 
     model = load_model(job.model)
-    keys = [key for keys in SignatureBuilder(model).heads.keys.values() for key in keys]
+    # Each mode builds only what it calls: actors start once per job, and the signatures cost time to build.
     if job.mode == EXPLAIN:
         explainer = LRPExplainer(model, job.composite, jit_compile=job.jit)
-        return LoadedModel(recorded_framing(model), list(explainer.output_names), local_predictor(model), explainer,
-                           explainer.name)
+        return LoadedModel(recorded_framing(model), list(explainer.output_names), None, explainer, explainer.name)
+    keys = [key for keys in SignatureBuilder(model).heads.keys.values() for key in keys]
     return LoadedModel(recorded_framing(model), keys, local_predictor(model), None, "serving_default")
 
 
