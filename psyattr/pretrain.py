@@ -14,12 +14,14 @@ from typing import Any
 import keras
 import numpy as np
 
-from psyattr.checkpoints import EpochCheckpoint, EpochProgress, atomic_save_model, atomic_write_text, prepare_run_dir
+from psyattr.checkpoints import (EpochCheckpoint, EpochProgress, atomic_save_model, atomic_write_text, prepare_run_dir,
+                                 read_state)
 from psyattr.data.augment import Augmentation
 from psyattr.data.images import CROP_SIZE, center_crop
 from psyattr.data.labels import FaceRecord, labelled
 from psyattr.data.pipeline import train_dataset
 from psyattr.data.splits import stratified_split
+from psyattr.distributed import Cluster, fit_distributed, strategy_scope
 from psyattr.faces.framing import DEFAULT_FRAMING, frame_images, get_framing
 from psyattr.models.levi_hassner import CLASS_NAMES, build_base_model, build_levi_hassner, check_task
 from psyattr.models.forward import Forward
@@ -120,6 +122,25 @@ def _load_split(run_dir: Path, records: Sequence[FaceRecord], config: PretrainCo
     return split
 
 
+def _same_split(run_dir: Path, records: Sequence[FaceRecord], config: PretrainConfig) -> dict[str, list[FaceRecord]]:
+    # A worker other than the chief draws the seeded split itself: the chief's split.json may not be written yet.
+    split_file = run_dir / "split.json"
+    return _load_split(run_dir, records, config) if split_file.exists() else split_records(records, config)
+
+
+class ValidationAccuracy(keras.callbacks.Callback):
+    """`val_accuracy` at each epoch's end, for the multi-worker loop (Keras's fit computes it itself)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int):
+        super().__init__()
+        self.images, self.labels, self.batch_size = images, np.asarray(labels), batch_size
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is not None:
+            predicted = np.argmax(Forward(self.model, self.batch_size)(self.images), axis=-1)
+            logs["val_accuracy"] = float(np.mean(predicted == self.labels))
+
+
 def _decode_split(split: dict[str, list[FaceRecord]], config: PretrainConfig, cache_dir, progress: bool):
     task = config.task
     everything = [r for part in split.values() for r in part]
@@ -144,22 +165,28 @@ def pretrain(
     keep_checkpoints: int = 3,
     tensorboard: bool = True,
     progress: bool = True,
+    cluster: Cluster | None = None,
 ) -> dict[str, Any]:
-    """Train a base net on `records` into `run_dir`; checkpoint each epoch; return the test metrics."""
+    """Train a base net on `records` into `run_dir`; checkpoint each epoch; return the test metrics.
+
+    With a `cluster`, every worker trains on its share of each global batch and the chief alone writes `run_dir`
+    (the other workers read its split and return no metrics).
+    """
     run_dir = Path(run_dir)
     precision = resolve_precision(config.precision)
     identity = {"kind": "pretrain", "task": config.task, "architecture": ARCHITECTURE, "framing": config.framing}
-    state = prepare_run_dir(run_dir, identity, resume)
-    if state is None:
+    writer = cluster is None or cluster.is_chief
+    state = prepare_run_dir(run_dir, identity, resume) if writer else read_state(run_dir) if resume else None
+    if state is None and writer:
         atomic_write_text(run_dir / "config.json", json.dumps(dataclasses.asdict(config), indent=2))
-    split = _load_split(run_dir, records, config)
+    split = _load_split(run_dir, records, config) if writer else _same_split(run_dir, records, config)
     data = _decode_split(split, config, cache_dir, progress)
     (train_x, train_y), (val_x, val_y) = data["train"], data["validation"]
     if len(train_x) == 0:
         raise ValueError("no training image could be decoded")
     log.info("split: %s images (train/validation/test)", "/".join(str(len(v[0])) for v in data.values()))
 
-    with dtype_policy(precision):
+    with dtype_policy(precision), strategy_scope(cluster):
         if state is None:
             model = build_levi_hassner(len(CLASS_NAMES[config.task]), f"{config.task}_net", dropout=config.dropout,
                                        framing=get_framing(config.framing).to_json())
@@ -171,21 +198,31 @@ def pretrain(
             initial_epoch, history = int(state["epoch"]), state["history"]
             log.info("resuming %s from epoch %d", run_dir, initial_epoch)
 
+    # Every worker steps the learning rate; only the chief writes.
     callbacks: list[keras.callbacks.Callback] = [
-        keras.callbacks.LearningRateScheduler(lambda epoch: learning_rate_at(config, epoch)),
-        EpochCheckpoint(run_dir, identity, history, keep=keep_checkpoints),
-    ]
-    if tensorboard:
+        keras.callbacks.LearningRateScheduler(lambda epoch: learning_rate_at(config, epoch))]
+    if writer:
+        if cluster is not None and len(val_x):
+            callbacks.append(ValidationAccuracy(center_crop(val_x).astype(np.float32), val_y, config.batch_size))
+        callbacks.append(EpochCheckpoint(run_dir, identity, history, keep=keep_checkpoints))
+    if tensorboard and cluster is None:  # its summaries come from Keras's own fit
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False))
     steps = math.ceil(len(train_x) / config.batch_size)
-    if progress:
+    if progress and writer:
         callbacks.append(EpochProgress(config.epochs, initial_epoch, f"pretraining the {config.task} net", steps,
                                        ("accuracy", "val_accuracy")))
-    if initial_epoch < config.epochs:
-        augmentation = Augmentation(**config.augmentation) if config.augmentation is not None else None
+    augmentation = Augmentation(**config.augmentation) if config.augmentation is not None else None
+    batches = lambda: train_dataset(train_x, train_y.astype(np.int32), config.batch_size,  # noqa: E731
+                                    config.seed + initial_epoch, augmentation)
+    if cluster is not None:
+        if initial_epoch < config.epochs:
+            fit_distributed(model, cluster, batches, keras.losses.sparse_categorical_crossentropy, steps,
+                            config.epochs, initial_epoch, callbacks)
+        if not writer:
+            return {}
+    elif initial_epoch < config.epochs:
         model.fit(
-            train_dataset(train_x, train_y.astype(np.int32), config.batch_size, config.seed + initial_epoch,
-                          augmentation),
+            batches(),
             steps_per_epoch=steps,
             validation_data=(center_crop(val_x).astype(np.float32), val_y) if len(val_x) else None,
             validation_batch_size=config.batch_size,

@@ -22,6 +22,7 @@ from psyattr.checkpoints import EpochCheckpoint, EpochProgress, atomic_save_mode
 from psyattr.data.pipeline import center_crops, train_dataset
 from psyattr.data.rated import PAPER_SCALE, RatedFaces, RatingsError
 from psyattr.data.splits import half_split
+from psyattr.distributed import Cluster, fit_distributed, strategy_scope
 from psyattr.faces.framing import FROM_MODEL, get_framing, resolve_framing
 from psyattr.faces.sources import frame_rated_images
 from psyattr.features import pool5_features
@@ -56,9 +57,12 @@ class TrainConfig:
     seed: int = 0
     precision: str = "auto"
     framing: str | None = None  # how photos are framed; None: the base net's own framing
+    dropout: float = 0.5  # of drop6 and drop7 while training (Levi & Hassner's)
 
     def __post_init__(self) -> None:
         check_mode(self.mode)
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.framing is not None:
             get_framing(self.framing)
         if self.epochs is None:
@@ -158,14 +162,21 @@ def train_regressor(
     progress: bool = True,
     keep_checkpoints: int = 2,
     split: tuple[str, dict[str, np.ndarray]] | None = None,
+    cluster: Cluster | None = None,
 ) -> dict[str, Any]:
     """Fine-tune `config.base` to `config.attributes` of `data` in `run_dir`; return the test metrics.
 
     Everything is checked (the folder, the base net, its framing, the ratings, the images) before the run
     folder is written to, so a bad input leaves nothing behind. `split` is (its name, face indices of "train"
-    and "test") where not the seeded 50/50 split (a fold of cross-validation).
+    and "test") where not the seeded 50/50 split (a fold of cross-validation). With a `cluster` (full mode
+    only), every worker trains on its share of each global batch and the chief alone writes `run_dir`; the
+    other workers return no metrics.
     """
     run_dir = Path(run_dir)
+    if cluster is not None and config.mode != "full":
+        raise ValueError("multi-worker training is for full mode: dense mode trains a small head on cached features "
+                         "and gains nothing from more workers; run it without TF_CONFIG / --distributed")
+    writer = cluster is None or cluster.is_chief
     columns = [data.resolve(a) for a in config.attributes]
     base = load_model(config.base)
     framing = resolve_framing(config.framing if config.framing is not None else FROM_MODEL, recorded_framing(base),
@@ -190,7 +201,7 @@ def train_regressor(
                            f"{len(test_index)} test (of {len(data)} faces, {len(data) - len(kept)} could not be "
                            "framed; see the warnings above for each one's reason)")
     notes = [n for n in (data.note(a) for a in config.attributes) if n]
-    if state is None:
+    if state is None and writer:
         run = Run.start(run_dir, {"kind": "train", **dataclasses.asdict(config), "framing": framing.to_json(),
                                   "columns": columns, "data": data_spec or {"name": data.name}, "dataset": data.name,
                                   "scale": data.scale, "notes": notes, "problems": data.problems}, identity)
@@ -203,7 +214,8 @@ def train_regressor(
 
     def make_regressor() -> keras.Model:
         return build_attribute_regressor(base, columns, [data.scale] * len(columns), config.mode,
-                                         initial_scores=train_y.mean(axis=0), framing=framing.to_json())
+                                         initial_scores=train_y.mean(axis=0), framing=framing.to_json(),
+                                         dropout=config.dropout)
 
     regressor = make_regressor()
     if config.mode == "dense":
@@ -211,7 +223,9 @@ def train_regressor(
                              progress, keep_checkpoints, cache_dir)
     else:
         trained = _fit_full(make_regressor, train_images, train_y, test_crops, test_y, run_dir, config, identity,
-                            state, progress, keep_checkpoints)
+                            state, progress, keep_checkpoints, cluster)
+    if not writer:
+        return {}
     copy_weights(trained, regressor)
     atomic_save_model(regressor, run_dir / "model.keras")
     return evaluate_run(regressor, data, run_dir, columns, train_y, test_index, test_crops, test_y, data_spec)
@@ -255,9 +269,9 @@ def _fit_dense(regressor, train_images, train_y, test_images, test_y, run_dir, c
 
 
 def _fit_full(make_regressor, train_images, train_y, test_crops, test_y, run_dir, config, identity, state, progress,
-              keep) -> keras.Model:
+              keep, cluster=None) -> keras.Model:
     precision = resolve_precision(config.precision)
-    with dtype_policy(precision):
+    with dtype_policy(precision), strategy_scope(cluster):
         if state is None:
             model = make_regressor()  # built under the training precision
             _compile(model, config)
@@ -265,15 +279,23 @@ def _fit_full(make_regressor, train_images, train_y, test_crops, test_y, run_dir
         else:
             model = keras.models.load_model(run_dir / state["checkpoint"])
             initial_epoch, history = int(state["epoch"]), state["history"]
-    evaluation = SplitMAE({"train": (center_crops(train_images), train_y), "test": (test_crops, test_y)},
-                          config.batch_size, identity["attributes"])
-    callbacks = [evaluation, EpochCheckpoint(run_dir, identity, history, keep=keep)]
-    if progress:
-        callbacks.append(EpochProgress(config.epochs, initial_epoch, f"training {run_dir.name}"))
-    if initial_epoch < config.epochs:
-        model.fit(train_dataset(train_images, train_y, config.batch_size, config.seed + initial_epoch),
-                  steps_per_epoch=math.ceil(len(train_images) / config.batch_size), epochs=config.epochs,
-                  initial_epoch=initial_epoch, shuffle=False, callbacks=callbacks, verbose=0 if progress else 2)
+    callbacks: list[keras.callbacks.Callback] = []
+    if cluster is None or cluster.is_chief:
+        callbacks += [SplitMAE({"train": (center_crops(train_images), train_y), "test": (test_crops, test_y)},
+                               config.batch_size, identity["attributes"]),
+                      EpochCheckpoint(run_dir, identity, history, keep=keep)]
+        if progress:
+            callbacks.append(EpochProgress(config.epochs, initial_epoch, f"training {run_dir.name}"))
+    if initial_epoch >= config.epochs:
+        return model
+    steps = math.ceil(len(train_images) / config.batch_size)
+    batches = lambda: train_dataset(train_images, train_y, config.batch_size, config.seed + initial_epoch)  # noqa: E731
+    if cluster is not None:
+        fit_distributed(model, cluster, batches, keras.losses.mean_squared_error, steps, config.epochs, initial_epoch,
+                        callbacks)
+    else:
+        model.fit(batches(), steps_per_epoch=steps, epochs=config.epochs, initial_epoch=initial_epoch, shuffle=False,
+                  callbacks=callbacks, verbose=0 if progress else 2)
     return model
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from psyattr.cli import cli
-from psyattr.cli.options import FRAMING, TASK, DataSpec, fail
+from psyattr.cli.options import FRAMING, TASK, DataSpec, distributed_option, fail, start_cluster
 
 
 @cli.command("import-caffe")
@@ -53,13 +53,18 @@ def import_caffe(prototxt: Path, caffemodel: Path, task: str, mean: Path | None,
 @click.option("--keep-checkpoints", type=click.IntRange(0), default=3, show_default=True,
               help="Newest epoch checkpoints kept (0 keeps all).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out after an interruption.")
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.5, show_default=True,
+              help="Rate of drop6 and drop7 while training.")
+@distributed_option
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), envvar="PSYATTR_CACHE_DIR",
               help="Where decoded images are cached [default: ~/.cache/psyattr].")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
 def pretrain(task, data, out, epochs, batch_size, learning_rate, lr_step_epochs, seed, precision, limit, framing,
-             augment, keep_checkpoints, resume, cache_dir, progress) -> None:
+             augment, keep_checkpoints, resume, dropout, distributed, join_timeout, cache_dir, progress) -> None:
     """Train an age or gender base net with Levi & Hassner's recipe (checkpoints every epoch)."""
+    cluster = start_cluster(distributed, join_timeout)  # before TensorFlow does anything else in this process
     from psyattr.checkpoints import ResumeError
+    from psyattr.distributed import DistributedError
     from psyattr.data.readers import read_labelled_faces
     from psyattr.pretrain import PretrainConfig
     from psyattr.pretrain import pretrain as run_pretrain
@@ -68,13 +73,16 @@ def pretrain(task, data, out, epochs, batch_size, learning_rate, lr_step_epochs,
         records = read_labelled_faces(data)
         config = PretrainConfig(task, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                                 lr_step_epochs=lr_step_epochs, seed=seed, precision=precision, limit=limit,
-                                framing=framing)
+                                framing=framing, dropout=dropout)
         if not augment:
             config.augmentation = None
         metrics = run_pretrain(records, out, config, resume=resume, cache_dir=cache_dir,
-                               keep_checkpoints=keep_checkpoints, progress=progress)
-    except (ResumeError, ValueError, FileNotFoundError) as err:
+                               keep_checkpoints=keep_checkpoints, progress=progress, cluster=cluster)
+    except (ResumeError, DistributedError, ValueError, FileNotFoundError) as err:
         fail(str(err))
+    if cluster is not None and not cluster.is_chief:
+        click.echo(f"worker {cluster.index} of {cluster.workers} done: worker 0 wrote the run to {out}")
+        return
     click.echo(json.dumps(metrics.get("test", {}), indent=2))
     click.echo(f"model: {out / 'model.keras'}; metrics: {out / 'metrics.json'}; "
                f"confusion matrix: {out / 'confusion_matrix.png'}")

@@ -37,6 +37,26 @@ def framing_option(help_text: str):
     return click.option("--framing", type=FRAMING, default=None, help=help_text)
 
 
+def distributed_option(function):
+    """--distributed (train on the workers TF_CONFIG names; implied where it names several) and --join-timeout."""
+    function = click.option("--join-timeout", type=click.FloatRange(1), default=600, show_default=True,
+                            metavar="SECONDS", help="How long a worker waits for the others to start.")(function)
+    return click.option("--distributed", is_flag=True,
+                        help="Train on the workers TF_CONFIG names (every worker runs this same command with its "
+                             "own TF_CONFIG; the run folder must be one shared folder). Implied where TF_CONFIG "
+                             "names several workers.")(function)
+
+
+def start_cluster(distributed: bool, timeout: float):
+    """This process's part of the TF_CONFIG cluster (None for a one-worker run), or a one-line error."""
+    from psyattr.distributed import DistributedError, join_cluster
+
+    try:
+        return join_cluster(distributed, timeout)
+    except DistributedError as err:
+        fail(str(err))
+
+
 def _set_max_pixels(ctx, param, value):
     if value is not None:
         from PIL import Image

@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from psyattr.cli import cli
-from psyattr.cli.options import RatedDataSpec, fail, framing_option, load_rated, rated_options
+from psyattr.cli.options import (RatedDataSpec, distributed_option, fail, framing_option, load_rated, rated_options,
+                                 start_cluster)
 
 
 @cli.command()
@@ -28,27 +29,38 @@ from psyattr.cli.options import RatedDataSpec, fail, framing_option, load_rated,
 @click.option("--cv", "folds", type=int, metavar="K",
               help="K-fold cross-validation instead of the 50/50 split: one run per fold in --out (an interrupted "
                    "one goes on where it stopped), every face predicted once by a model that did not see it.")
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.5, show_default=True,
+              help="Rate of drop6 and drop7 while training.")
+@distributed_option
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), envvar="PSYATTR_CACHE_DIR")
 @click.option("--progress/--no-progress", default=True)
 def train(base, mode, attributes, data_spec, scale, image_column, out, epochs, batch_size, learning_rate, seed, framing,
-          resume, folds, cache_dir, progress) -> None:
+          resume, folds, dropout, distributed, join_timeout, cache_dir, progress) -> None:
     """Fine-tune a base net to human ratings (the paper's SGD, Nesterov momentum, 50/50 split or --cv K folds)."""
+    cluster = start_cluster(distributed, join_timeout)  # before TensorFlow does anything else in this process
     from psyattr.checkpoints import ResumeError
+    from psyattr.distributed import DistributedError
     from psyattr.runs import RunError
     from psyattr.train import TrainConfig, train_regressor
 
     try:
         spec, data = load_rated(data_spec, scale, image_column)
         config = TrainConfig(base, mode, list(attributes), epochs=epochs, batch_size=batch_size,
-                             learning_rate=learning_rate, seed=seed, framing=framing)
+                             learning_rate=learning_rate, seed=seed, framing=framing, dropout=dropout)
+        if folds is not None and cluster is not None:
+            raise ValueError("--cv runs its folds one after another on one worker: run it without TF_CONFIG")
         if folds is not None:
             from psyattr.crossval import cross_validate
 
             metrics = cross_validate(data, out, config, folds, spec, cache_dir, progress)
         else:
-            metrics = train_regressor(data, out, config, spec, resume=resume, cache_dir=cache_dir, progress=progress)
-    except (ResumeError, RunError, ValueError, FileNotFoundError) as err:
+            metrics = train_regressor(data, out, config, spec, resume=resume, cache_dir=cache_dir, progress=progress,
+                                      cluster=cluster)
+    except (ResumeError, RunError, DistributedError, ValueError, FileNotFoundError) as err:
         fail(str(err))
+    if cluster is not None and not cluster.is_chief:
+        click.echo(f"worker {cluster.index} of {cluster.workers} done: worker 0 wrote the run to {out}")
+        return
     for attribute in attributes:
         note = data.note(attribute)
         if note:

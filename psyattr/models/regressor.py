@@ -29,12 +29,14 @@ def build_attribute_regressor(
     initial_scores: Sequence[float] | None = None,
     name: str | None = None,
     framing: dict | None = None,
+    dropout: float = 0.5,
 ) -> keras.Model:
     """A new model with the base net's conv1..fc7 weights and a fresh `fc8` head scoring `attributes`.
 
     `scales` gives each attribute's rating scale (low, high); `initial_scores` (in [0, 1], e.g. the
     training means) starts the head at those values. `mode` "dense" freezes the features group.
     `framing` (a framing record) is what the regressor's photos are framed by: by default the base net's.
+    `dropout` is the rate of drop6 and drop7 in training (Levi & Hassner's 0.5).
     """
     check_mode(mode)
     if not attributes:
@@ -45,7 +47,8 @@ def build_attribute_regressor(
     if not isinstance(preprocess, CaffePreprocess):
         raise ValueError(f"{base.name} is not a Levi-Hassner base net (no CaffePreprocess layer 'data')")
     inputs = keras.Input(INPUT_SHAPE, name="image")
-    x = build_dense(build_features(inputs, preprocess.bgr_mean, framing if framing is not None else preprocess.framing))
+    x = build_dense(build_features(inputs, preprocess.bgr_mean, framing if framing is not None else preprocess.framing),
+                    dropout)
     # A zero kernel makes the new head start as the predict-the-mean baseline (with `initial_scores`): fine-tuning
     # then begins from the best constant guess instead of from large random errors pushed into the features.
     head = keras.layers.Dense(len(attributes), name="fc8", kernel_initializer="zeros")
