@@ -184,12 +184,17 @@ def fit_distributed(model: keras.Model, cluster: Cluster, batches: Callable[[], 
         optimizer.build(model.trainable_variables)
     iterator = iter(_shares(cluster, batches))
 
+    # The loss in float32 under mixed precision (as Keras's fit has it), in float64 where the model computes in it.
+    dtype = tf.float64 if model.compute_dtype == "float64" else tf.float32
+
     def replica_step(images, labels, size):
+        if labels.dtype.is_floating:
+            labels = tf.cast(labels, dtype)
         with tf.GradientTape() as tape:
-            predicted = tf.cast(model(images, training=True), tf.float32)
-            total = tf.reduce_sum(loss(labels, predicted)) / tf.cast(size, tf.float32)
+            predicted = tf.cast(model(images, training=True), dtype)
+            total = tf.reduce_sum(loss(labels, predicted)) / tf.cast(size, dtype)
             if model.losses:
-                total += tf.add_n(model.losses) / strategy.num_replicas_in_sync
+                total += tf.cast(tf.add_n(model.losses), dtype) / strategy.num_replicas_in_sync
             scaled = optimizer.scale_loss(total)
         gradients = tape.gradient(scaled, model.trainable_variables)
         optimizer.apply_gradients(zip(gradients, model.trainable_variables))

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from psyattr.cli import cli
-from psyattr.cli.options import FRAMING, TASK, DataSpec, distributed_option, fail, start_cluster
+from psyattr.cli.options import FRAMING, TASK, DataSpec, distributed_option, fail, precision_option, start_cluster
 
 
 @cli.command("import-caffe")
@@ -43,8 +43,7 @@ def import_caffe(prototxt: Path, caffemodel: Path, task: str, mean: Path | None,
 @click.option("--lr-step-epochs", type=click.IntRange(1), default=12, show_default=True,
               help="Multiply the learning rate by 0.1 every this many epochs.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--precision", type=click.Choice(["auto", "float32", "mixed_bfloat16", "mixed_float16"]),
-              default="auto", show_default=True, help="auto: mixed bfloat16 where the hardware has it.")
+@precision_option
 @click.option("--limit", type=click.IntRange(3), help="Use only this many images (quick trials).")
 @click.option("--framing", type=FRAMING, default="utkface", show_default=True,
               help="How each photo is framed before training (the net then expects this framing).")

@@ -37,6 +37,14 @@ def framing_option(help_text: str):
     return click.option("--framing", type=FRAMING, default=None, help=help_text)
 
 
+def precision_option(function):
+    """The --precision option of training commands."""
+    return click.option("--precision", type=click.Choice(["auto", "float32", "mixed_bfloat16", "mixed_float16",
+                                                          "float64"]),
+                        default="auto", show_default=True,
+                        help="auto: mixed bfloat16 where the hardware has it; float64 to check numerics.")(function)
+
+
 def distributed_option(function):
     """--distributed (train on the workers TF_CONFIG names; implied where it names several) and --join-timeout."""
     function = click.option("--join-timeout", type=click.FloatRange(1), default=600, show_default=True,

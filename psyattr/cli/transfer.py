@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 
 from psyattr.cli import cli
-from psyattr.cli.options import (RatedDataSpec, distributed_option, fail, framing_option, load_rated, rated_options,
-                                 start_cluster)
+from psyattr.cli.options import (RatedDataSpec, distributed_option, fail, framing_option, load_rated,
+                                 precision_option, rated_options, start_cluster)
 
 
 @cli.command()
@@ -31,11 +31,12 @@ from psyattr.cli.options import (RatedDataSpec, distributed_option, fail, framin
                    "one goes on where it stopped), every face predicted once by a model that did not see it.")
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.5, show_default=True,
               help="Rate of drop6 and drop7 while training.")
+@precision_option
 @distributed_option
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), envvar="PSYATTR_CACHE_DIR")
 @click.option("--progress/--no-progress", default=True)
 def train(base, mode, attributes, data_spec, scale, image_column, out, epochs, batch_size, learning_rate, seed, framing,
-          resume, folds, dropout, distributed, join_timeout, cache_dir, progress) -> None:
+          resume, folds, dropout, precision, distributed, join_timeout, cache_dir, progress) -> None:
     """Fine-tune a base net to human ratings (the paper's SGD, Nesterov momentum, 50/50 split or --cv K folds)."""
     cluster = start_cluster(distributed, join_timeout)  # before TensorFlow does anything else in this process
     from psyattr.checkpoints import ResumeError
@@ -46,7 +47,8 @@ def train(base, mode, attributes, data_spec, scale, image_column, out, epochs, b
     try:
         spec, data = load_rated(data_spec, scale, image_column)
         config = TrainConfig(base, mode, list(attributes), epochs=epochs, batch_size=batch_size,
-                             learning_rate=learning_rate, seed=seed, framing=framing, dropout=dropout)
+                             learning_rate=learning_rate, seed=seed, framing=framing, dropout=dropout,
+                             precision=precision)
         if folds is not None and cluster is not None:
             raise ValueError("--cv runs its folds one after another on one worker: run it without TF_CONFIG")
         if folds is not None:
