@@ -7,9 +7,13 @@ Timed on the same `--images` faces (default 256) with the age preset, alpha2beta
 - Ray, 1 worker with 2 threads, and 2 workers with 1 thread each, on `ray.init(num_cpus=2)`.
 Each is reported as wall time from the start (model load, actor start, XLA compile included) and as steady
 images/s after the first batch; the overhead per image is Ray's wall time minus the other's, over the images.
-The Ray outputs are checked against the local engine's (scores to 1e-5 relative). Usage:
+The Ray outputs are checked against the local engine's (scores to 1e-5 relative).
 
-    python scripts/bench_scale.py [--images 256]
+Then multi-worker training: `psyattr train --mode full` on `--train-faces` OMI faces (their 50/50 split) for 2
+epochs, on one worker with 2 threads and on two loopback workers (TF_CONFIG) with 1 thread each; the epoch
+time is the time between the two epochs' checkpoints (start-up, framing and evaluation left out). Usage:
+
+    python scripts/bench_scale.py [--images 256] [--train-faces 256] [--part explain|training|all]
 """
 
 from __future__ import annotations
@@ -97,32 +101,90 @@ def check_equal(local_out: Path, ray_out: Path) -> float:
     return worst
 
 
+def training(faces: int, work: Path) -> None:
+    import csv
+    import socket
+    import subprocess
+    import sys
+
+    from psyattr.data.rated import read_omi
+
+    omi = read_omi(DATA.parent)
+    ratings = work / "ratings.csv"
+    with open(ratings, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "happy"])
+        for i in range(faces):
+            writer.writerow([str(Path(omi.paths[i]).resolve()), omi.ratings["happy"][i]])
+    args = [sys.executable, "-m", "psyattr", "train", "--base", "age", "--mode", "full", "--attribute", "happy",
+            "--data", f"csv:{ratings}", "--scale", "0,100", "--epochs", "2", "--batch-size", "32", "--no-progress",
+            "--cache-dir", str(work / "cache")]
+    print(f"\npsyattr train --mode full, {faces} OMI faces ({faces // 2} train), batch 32, 2 epochs, default precision")
+    epoch = {}
+    for workers in (1, 2):
+        out = work / f"train_{workers}"
+        sockets = [socket.socket() for _ in range(workers)]
+        for s in sockets:
+            s.bind(("localhost", 0))
+        cluster = [f"localhost:{s.getsockname()[1]}" for s in sockets]
+        for s in sockets:
+            s.close()
+        started = time.time()
+        processes = []
+        for index in range(workers):
+            env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_NUM_INTRAOP_THREADS": str(2 // workers),
+                   "TF_NUM_INTEROP_THREADS": "1"}
+            if workers > 1:
+                env["TF_CONFIG"] = json.dumps({"cluster": {"worker": cluster}, "task": {"type": "worker", "index": index}})
+            processes.append(subprocess.Popen([*args, "--out", str(out)], env=env, stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.PIPE, text=True))
+        for process in processes:
+            _, err = process.communicate()
+            if process.returncode:
+                raise SystemExit(f"training on {workers} worker(s) failed:\n{err[-2000:]}")
+        wall = time.time() - started
+        stamps = [(out / "checkpoints" / f"epoch_{k:03d}.keras").stat().st_mtime for k in (1, 2)]
+        epoch[workers] = stamps[1] - stamps[0]
+        print(f"{workers} worker(s) x {2 // workers} thread(s): epoch {epoch[workers]:6.1f} s "
+              f"({faces // 2 / epoch[workers]:5.1f} faces/s), whole run {wall:6.1f} s", flush=True)
+    print(f"2 workers / 1 worker: {epoch[1] / epoch[2]:.2f}x the training speed on the same {os.cpu_count()} CPUs")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--train-faces", type=int, default=256)
+    parser.add_argument("--part", choices=["explain", "training", "all"], default="all")
     args = parser.parse_args()
     paths = [DATA / f"{i}.jpg" for i in range(1, args.images + 1)]
-    from psyattr.scale import ray_engine
-
     work = Path(tempfile.mkdtemp(prefix="bench_scale_"))
     try:
-        print(f"{len(paths)} OMI faces, age preset, alpha2beta1 with XLA, batch {BATCH}, {os.cpu_count()} CPUs")
-        local = local_engine(paths, work / "local")
-        worker = in_process(paths, work / "worker")
-        ray_engine.connect(num_cpus=2)
-        runs = {(1, 2): on_ray(paths, work / "ray_1x2", 1, 2), (2, 1): on_ray(paths, work / "ray_2x1", 2, 1)}
-        for (workers, threads), run in runs.items():
-            for name, base in (("local engine", local), ("BatchWorker in process", worker)):
-                print(f"Ray {workers}x{threads} / {name}: images/s {base['wall'] / run['wall']:.2f}x over the whole "
-                      f"job, {run['steady'] / base['steady']:.2f}x steady; overhead "
-                      f"{1000 * (run['wall'] - base['wall']) / len(paths):+.1f} ms per image")
-        print(f"largest relative score difference, Ray 2x1 vs local engine: {check_equal(work / 'local', work / 'ray_2x1'):.2e}")
-        size = sum(f.stat().st_size for f in (work / "ray_2x1").glob("part-*.parquet"))
-        local_size = sum(f.stat().st_size for f in (work / "local").iterdir())
-        print(f"output per image: Parquet {size / len(paths) / 1e3:.0f} kB, "
-              f"local engine files {local_size / len(paths) / 1e3:.0f} kB")
+        if args.part in ("explain", "all"):
+            explaining(paths, work)
+        if args.part in ("training", "all"):
+            training(args.train_faces, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def explaining(paths: list[Path], work: Path) -> None:
+    from psyattr.scale import ray_engine
+
+    print(f"{len(paths)} OMI faces, age preset, alpha2beta1 with XLA, batch {BATCH}, {os.cpu_count()} CPUs")
+    local = local_engine(paths, work / "local")
+    worker = in_process(paths, work / "worker")
+    ray_engine.connect(num_cpus=2)
+    runs = {(1, 2): on_ray(paths, work / "ray_1x2", 1, 2), (2, 1): on_ray(paths, work / "ray_2x1", 2, 1)}
+    for (workers, threads), run in runs.items():
+        for name, base in (("local engine", local), ("BatchWorker in process", worker)):
+            print(f"Ray {workers}x{threads} / {name}: images/s {base['wall'] / run['wall']:.2f}x over the whole "
+                  f"job, {run['steady'] / base['steady']:.2f}x steady; overhead "
+                  f"{1000 * (run['wall'] - base['wall']) / len(paths):+.1f} ms per image")
+    print(f"largest relative score difference, Ray 2x1 vs local engine: {check_equal(work / 'local', work / 'ray_2x1'):.2e}")
+    size = sum(f.stat().st_size for f in (work / "ray_2x1").glob("part-*.parquet"))
+    local_size = sum(f.stat().st_size for f in (work / "local").iterdir())
+    print(f"output per image: Parquet {size / len(paths) / 1e3:.0f} kB, "
+          f"local engine files {local_size / len(paths) / 1e3:.0f} kB")
 
 
 if __name__ == "__main__":
