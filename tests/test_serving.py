@@ -493,3 +493,78 @@ def test_serve_command_disables_xla_like_tf_serving_and_stops_gracefully(serving
     finally:
         if process.poll() is None:
             process.kill()
+
+
+@pytest.mark.slow
+def test_an_unaligned_photo_scores_the_same_through_predict_explain_a_study_and_the_server(omi_dir, tmp_path):
+    """Every path frames a photo as the model records (utkface, in the `.keras` file and the export)."""
+    import csv
+
+    from PIL import Image
+
+    from psyattr.data.rated import read_rated
+    from psyattr.faces.framing import UTKFACE
+    from psyattr.studies.heatmaps import heatmap_study
+    from psyattr.studies.inputs import StudyInputs
+    from tests.test_lrp_explainer import spread_head
+
+    photos = []
+    for k in range(4):  # tilted, off centre, on a larger canvas: nothing like either framing
+        face = Image.open(omi_dir / "images_256" / f"{k + 1}.jpg").convert("RGB")
+        face = face.rotate(8 * (k - 1.5), expand=True, fillcolor=(90, 90, 90))
+        canvas = Image.new("RGB", (420, 380), (120, 110, 100))
+        canvas.paste(face, (30 + 25 * k, 50 + 12 * k))
+        photos.append(tmp_path / f"unaligned_{k}.jpg")
+        canvas.save(photos[-1], quality=95)
+    model = random_regressor(31, framed_inputs(photos, UTKFACE.to_json()))
+    spread_head(model, framed_inputs(photos, UTKFACE.to_json()), 0.2, centre=[0.5, 0.5], seed=31)  # no clipped scores
+    model_file = tmp_path / "regressor.keras"
+    model.save(model_file)
+    export_model(model_file, tmp_path / "models", "unaligned")
+    # XLA stays on: disabling it for the whole test process could not be undone.
+    server = ModelServer(tmp_path / "models", port=0, poll_seconds=0.2, xla_cpu_compilation_enabled=True).start()
+    try:
+        result = CliRunner().invoke(cli, ["predict", "--server", server.address, "--model", "unaligned",
+                                          *map(str, photos)])
+    finally:
+        server.stop()
+    assert result.exit_code == 0, result.output
+    served = {json.loads(line)["image"]: json.loads(line)["outputs"] for line in result.output.splitlines()}
+
+    result = CliRunner().invoke(cli, ["predict", "--model", str(model_file), "--out", str(tmp_path / "local.csv"),
+                                      *map(str, photos)])
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "local.csv", newline="") as handle:
+        local = {row["image"]: row for row in csv.DictReader(handle)}
+    assert all(row["framing"] == "utkface" and not row["error"] for row in local.values())
+    scores = [float(row["score_happy"]) for row in local.values()]
+    assert 0 < min(scores) and max(scores) < 1 and np.ptp(scores) > 0.05, scores
+
+    out = tmp_path / "explained"
+    result = CliRunner().invoke(cli, ["explain", "--model", str(model_file), "--target", "happy", "--no-progress",
+                                      "--out", str(out), *map(str, photos)])
+    assert result.exit_code == 0, result.output
+    # A record's `score` is the explained pre-activation; its `outputs` are the model's (clipped) scores.
+    explained = {json.loads(f.read_text())["image"]: json.loads(f.read_text())["outputs"] for f in out.glob("*.json")}
+
+    ratings = tmp_path / "ratings.csv"
+    ratings.write_text("image,happy\n" + "".join(f"{p},{3 + k}\n" for k, p in enumerate(photos)))
+    data = read_rated("csv", ratings, (1.0, 9.0))
+    study = heatmap_study(StudyInputs.load([model_file], data, seed=0), tmp_path / "study", attribute="happy")
+    studied = next(iter(study.attributes["happy"].models.values())).ratings
+    assert len(study.ids) == 2  # the seeded test half of the four
+
+    for photo in map(str, photos):
+        score, rating = float(local[photo]["score_happy"]), float(local[photo]["rating_happy"])
+        assert served[photo]["score_happy"] == pytest.approx(score, rel=1e-5)
+        assert served[photo]["rating_happy"] == pytest.approx(rating, rel=1e-5)
+        assert explained[photo]["happy"] == pytest.approx(score, rel=1e-4)  # XLA-compiled explain vs Keras
+    for face_id, rating in zip(study.ids, studied):
+        photo = str(data.paths[data.ids.index(face_id)])
+        assert rating == pytest.approx(float(local[photo]["rating_happy"]), rel=1e-5)
+    # Framed otherwise, the same photos score differently: the agreement above is the framing's doing.
+    result = CliRunner().invoke(cli, ["predict", "--model", str(model_file), "--framing", "none", "--out",
+                                      str(tmp_path / "none.csv"), *map(str, photos)])
+    with open(tmp_path / "none.csv", newline="") as handle:
+        unframed = {row["image"]: float(row["score_happy"]) for row in csv.DictReader(handle)}
+    assert max(abs(unframed[p] - float(local[p]["score_happy"])) for p in local) > 1e-3
