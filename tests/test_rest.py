@@ -450,3 +450,18 @@ def test_serve_prints_both_addresses_and_stops_gracefully(server, tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_large_float_responses_use_the_typed_fields_tf_serving_fills():
+    """Packed into `float_val` / `double_val` (as TF Serving's AsProtoField writes), never `tensor_content`."""
+    from tensorflow.core.framework import tensor_pb2
+
+    from psyattr.serving.tensors import to_numpy, to_proto
+
+    rng = np.random.default_rng(0)
+    for array in (rng.random((16, 227, 227), dtype=np.float32), rng.random(3), np.float32(2.5) * np.ones((), np.float32),
+                  np.zeros((0, 4), np.float32), np.array([1.5e-45, -0.0, np.inf, np.nan], np.float32)):
+        proto = tensor_pb2.TensorProto.FromString(to_proto(array).SerializeToString())
+        assert not proto.tensor_content and len(proto.float_val) + len(proto.double_val) == array.size
+        np.testing.assert_array_equal(to_numpy(proto), array)
+        assert to_numpy(proto).dtype == array.dtype and to_numpy(proto).shape == array.shape

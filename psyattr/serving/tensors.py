@@ -35,9 +35,28 @@ def to_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
     if array.dtype not in _FIELDS:
         raise TypeError(f"no TensorProto field for dtype {array.dtype}")
     proto.dtype, field = _FIELDS[array.dtype]
+    if field in _PACKED and array.size:
+        # The same typed field, parsed from its packed wire form: the little-endian values as they lie in
+        # memory, which costs a copy, where extending the field takes a Python float per value (20x slower).
+        payload = np.ascontiguousarray(array, dtype=_PACKED[field][1]).tobytes()
+        proto.MergeFromString(_PACKED[field][0] + _varint(len(payload)) + payload)
+        return proto
     # tolist() first: extending a repeated field from a list is several times faster than from numpy.
     getattr(proto, field).extend(array.ravel().tolist())
     return proto
+
+
+# TensorProto's float_val (field 5) and double_val (field 6) as packed fields (wire type 2): tag and dtype.
+_PACKED = {"float_val": (bytes([5 << 3 | 2]), "<f4"), "double_val": (bytes([6 << 3 | 2]), "<f8")}
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
 
 
 def to_numpy(proto: tensor_pb2.TensorProto) -> np.ndarray:
