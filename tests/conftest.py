@@ -45,10 +45,33 @@ def yale_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def face_images(omi_dir: Path, utkface_dir: Path) -> np.ndarray:
-    """Ten real faces as model input: RGB float32 (10, 227, 227, 3) in 0..255 (5 OMI, 5 UTKFace)."""
+def face_images() -> np.ndarray:
+    """Ten faces as model input: RGB float32 (10, 227, 227, 3) in 0..255 (5 OMI, 5 UTKFace).
+
+    Without the data folder, ten synthetic images of the same shape stand in (smooth random shading with a
+    face-sized ellipse): the tests that use them compare one path of psyattr with another on random nets,
+    which needs images but not real faces. Tests about faces themselves ask for `omi_dir` and the others.
+    """
     from psyattr.data.images import load_model_input
 
-    omi = sorted((omi_dir / "images_256").glob("*.jpg"))[:5]
-    utk = sorted((utkface_dir / "images").glob("*.jpg"))[::1000][:5]
-    return np.stack([load_model_input(p) for p in omi + utk])
+    root = data_dir()
+    if root is not None and (root / "omi").exists() and (root / "utkface_part1").exists():
+        omi = sorted((root / "omi" / "images_256").glob("*.jpg"))[:5]
+        utk = sorted((root / "utkface_part1" / "images").glob("*.jpg"))[::1000][:5]
+        return np.stack([load_model_input(p) for p in omi + utk])
+    return synthetic_faces(10)
+
+
+def synthetic_faces(count: int, seed: int = 0) -> np.ndarray:
+    """`count` smooth synthetic images (N, 227, 227, 3), float32 whole numbers in 0..255, each different."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:227, 0:227] / 226.0
+    images = []
+    for _ in range(count):
+        shading = sum(rng.normal() * np.cos(np.pi * (a * x + b * y) + rng.uniform(0, 2 * np.pi))
+                      for a, b in rng.integers(0, 5, size=(6, 2)))
+        ellipse = ((x - 0.5 - rng.normal(0, 0.03)) / 0.3) ** 2 + ((y - 0.5) / 0.4) ** 2 < 1
+        # Kept off 0 and 255: clipped plateaus would tie in max-pooling, where gradients may go either way.
+        channels = [110 + 12 * shading + 40 * ellipse + rng.normal(0, 6, (227, 227)) for _ in range(3)]
+        images.append(np.round(np.clip(np.stack(channels, axis=-1), 0, 255)))  # whole pixel values, as photos have
+    return np.asarray(images, np.float32)
