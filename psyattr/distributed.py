@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import logging
 import os
 import re
 import subprocess
@@ -21,8 +20,6 @@ from typing import Any
 
 import keras
 import tensorflow as tf
-
-log = logging.getLogger(__name__)
 
 TF_CONFIG = "TF_CONFIG"
 _EXAMPLE = ('TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
@@ -223,6 +220,11 @@ def fit_distributed(model: keras.Model, cluster: Cluster, batches: Callable[[], 
             hooks.on_train_batch_end(batch, {"loss": losses[-1]})
         hooks.on_epoch_end(epoch, {"loss": sum(losses) / len(losses)})
     hooks.on_train_end()
+
+
+def writes_run(cluster: Cluster | None) -> bool:
+    """Whether this process writes the run folder: a one-worker run, or the chief of a cluster."""
+    return cluster is None or cluster.is_chief
 
 
 def strategy_scope(cluster: Cluster | None) -> contextlib.AbstractContextManager:

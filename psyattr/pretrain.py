@@ -21,7 +21,7 @@ from psyattr.data.images import CROP_SIZE, center_crop
 from psyattr.data.labels import FaceRecord, labelled
 from psyattr.data.pipeline import train_dataset
 from psyattr.data.splits import stratified_split
-from psyattr.distributed import Cluster, fit_distributed, strategy_scope
+from psyattr.distributed import Cluster, fit_distributed, strategy_scope, writes_run
 from psyattr.faces.framing import DEFAULT_FRAMING, frame_images, get_framing
 from psyattr.models.levi_hassner import CLASS_NAMES, build_base_model, build_levi_hassner, check_task
 from psyattr.models.forward import Forward
@@ -175,7 +175,7 @@ def pretrain(
     run_dir = Path(run_dir)
     precision = resolve_precision(config.precision)
     identity = {"kind": "pretrain", "task": config.task, "architecture": ARCHITECTURE, "framing": config.framing}
-    writer = cluster is None or cluster.is_chief
+    writer = writes_run(cluster)
     state = prepare_run_dir(run_dir, identity, resume) if writer else read_state(run_dir) if resume else None
     if state is None and writer:
         atomic_write_text(run_dir / "config.json", json.dumps(dataclasses.asdict(config), indent=2))

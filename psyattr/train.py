@@ -22,7 +22,7 @@ from psyattr.checkpoints import EpochCheckpoint, EpochProgress, atomic_save_mode
 from psyattr.data.pipeline import center_crops, train_dataset
 from psyattr.data.rated import PAPER_SCALE, RatedFaces, RatingsError
 from psyattr.data.splits import half_split
-from psyattr.distributed import Cluster, fit_distributed, strategy_scope
+from psyattr.distributed import Cluster, fit_distributed, strategy_scope, writes_run
 from psyattr.faces.framing import FROM_MODEL, get_framing, resolve_framing
 from psyattr.faces.sources import frame_rated_images
 from psyattr.features import pool5_features
@@ -176,7 +176,7 @@ def train_regressor(
     if cluster is not None and config.mode != "full":
         raise ValueError("multi-worker training is for full mode: dense mode trains a small head on cached features "
                          "and gains nothing from more workers; run it without TF_CONFIG / --distributed")
-    writer = cluster is None or cluster.is_chief
+    writer = writes_run(cluster)
     columns = [data.resolve(a) for a in config.attributes]
     base = load_model(config.base)
     framing = resolve_framing(config.framing if config.framing is not None else FROM_MODEL, recorded_framing(base),
@@ -280,7 +280,7 @@ def _fit_full(make_regressor, train_images, train_y, test_crops, test_y, run_dir
             model = keras.models.load_model(run_dir / state["checkpoint"])
             initial_epoch, history = int(state["epoch"]), state["history"]
     callbacks: list[keras.callbacks.Callback] = []
-    if cluster is None or cluster.is_chief:
+    if writes_run(cluster):
         callbacks += [SplitMAE({"train": (center_crops(train_images), train_y), "test": (test_crops, test_y)},
                                config.batch_size, identity["attributes"]),
                       EpochCheckpoint(run_dir, identity, history, keep=keep)]

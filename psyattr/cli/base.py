@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from psyattr.cli import cli
-from psyattr.cli.options import FRAMING, TASK, DataSpec, distributed_option, fail, precision_option, start_cluster
+from psyattr.cli.options import (FRAMING, TASK, DataSpec, distributed_option, dropout_option, fail, other_worker_done,
+                                 precision_option, start_cluster)
 
 
 @cli.command("import-caffe")
@@ -52,8 +53,7 @@ def import_caffe(prototxt: Path, caffemodel: Path, task: str, mean: Path | None,
 @click.option("--keep-checkpoints", type=click.IntRange(0), default=3, show_default=True,
               help="Newest epoch checkpoints kept (0 keeps all).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out after an interruption.")
-@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.5, show_default=True,
-              help="Rate of drop6 and drop7 while training.")
+@dropout_option
 @distributed_option
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), envvar="PSYATTR_CACHE_DIR",
               help="Where decoded images are cached [default: ~/.cache/psyattr].")
@@ -79,8 +79,7 @@ def pretrain(task, data, out, epochs, batch_size, learning_rate, lr_step_epochs,
                                keep_checkpoints=keep_checkpoints, progress=progress, cluster=cluster)
     except (ResumeError, DistributedError, ValueError, FileNotFoundError) as err:
         fail(str(err))
-    if cluster is not None and not cluster.is_chief:
-        click.echo(f"worker {cluster.index} of {cluster.workers} done: worker 0 wrote the run to {out}")
+    if other_worker_done(cluster, out):
         return
     click.echo(json.dumps(metrics.get("test", {}), indent=2))
     click.echo(f"model: {out / 'model.keras'}; metrics: {out / 'metrics.json'}; "

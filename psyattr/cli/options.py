@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:  # the CLI imports TensorFlow only once a command runs
+    from psyattr.distributed import Cluster
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 TASK = click.Choice(["age", "gender"])
@@ -37,8 +41,14 @@ def framing_option(help_text: str):
     return click.option("--framing", type=FRAMING, default=None, help=help_text)
 
 
+def dropout_option(function):
+    """The --dropout option of training commands."""
+    return click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.5, show_default=True,
+                        help="Rate of drop6 and drop7 while training.")(function)
+
+
 def precision_option(function):
-    """The --precision option of training commands."""
+    """The --precision option of training commands (the names of psyattr.models.precision.PRECISIONS)."""
     return click.option("--precision", type=click.Choice(["auto", "float32", "mixed_bfloat16", "mixed_float16",
                                                           "float64"]),
                         default="auto", show_default=True,
@@ -53,6 +63,16 @@ def distributed_option(function):
                         help="Train on the workers TF_CONFIG names (every worker runs this same command with its "
                              "own TF_CONFIG; the run folder must be one shared folder). Implied where TF_CONFIG "
                              "names several workers.")(function)
+
+
+def other_worker_done(cluster: Cluster | None, out: Path) -> bool:
+    """On a worker other than the chief, say that it is done and where the chief wrote the run."""
+    from psyattr.distributed import writes_run
+
+    if writes_run(cluster):
+        return False
+    click.echo(f"worker {cluster.index} of {cluster.workers} done: worker 0 wrote the run to {out}")
+    return True
 
 
 def start_cluster(distributed: bool, timeout: float):

@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 
 from psyattr.cli import cli
-from psyattr.cli.options import (RatedDataSpec, distributed_option, fail, framing_option, load_rated,
-                                 precision_option, rated_options, start_cluster)
+from psyattr.cli.options import (RatedDataSpec, distributed_option, dropout_option, fail, framing_option, load_rated,
+                                 other_worker_done, precision_option, rated_options, start_cluster)
 
 
 @cli.command()
@@ -29,8 +29,7 @@ from psyattr.cli.options import (RatedDataSpec, distributed_option, fail, framin
 @click.option("--cv", "folds", type=int, metavar="K",
               help="K-fold cross-validation instead of the 50/50 split: one run per fold in --out (an interrupted "
                    "one goes on where it stopped), every face predicted once by a model that did not see it.")
-@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.5, show_default=True,
-              help="Rate of drop6 and drop7 while training.")
+@dropout_option
 @precision_option
 @distributed_option
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), envvar="PSYATTR_CACHE_DIR")
@@ -60,8 +59,7 @@ def train(base, mode, attributes, data_spec, scale, image_column, out, epochs, b
                                       cluster=cluster)
     except (ResumeError, RunError, DistributedError, ValueError, FileNotFoundError) as err:
         fail(str(err))
-    if cluster is not None and not cluster.is_chief:
-        click.echo(f"worker {cluster.index} of {cluster.workers} done: worker 0 wrote the run to {out}")
+    if other_worker_done(cluster, out):
         return
     for attribute in attributes:
         note = data.note(attribute)
