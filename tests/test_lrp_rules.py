@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from psyattr.lrp.graph import _linear_apply
-from psyattr.lrp.rules import AlphaBeta, Epsilon, Flat, Gamma, LinearOp, Pass, WSquare, ZBox, ZPlus
+from psyattr.lrp.graph import _linear_apply, _transposable_apply
+from psyattr.lrp.rules import (AlphaBeta, Epsilon, Flat, Gamma, LinearOp, Pass, WSquare, ZBox, ZPlus,
+                               max_pool_relevance)
+from psyattr.lrp.strided import space_to_depth_conv
 
 LOW, HIGH = -1.5, 2.0
 
@@ -73,7 +75,7 @@ RULES = [Epsilon(1e-6), Epsilon(0.5), AlphaBeta(2, 1), AlphaBeta(3, 2), ZPlus(),
 
 
 def run_rule(rule, layer, a, r, nonnegative):
-    op = LinearOp(_linear_apply(layer), layer.kernel.value, layer.bias.value, nonnegative)
+    op = LinearOp(_linear_apply(layer), layer.kernel.value, layer.bias.value, nonnegative, _transposable_apply(layer))
     a = tf.constant(a, tf.float32)
     z = op.forward(a)
     return rule(op, a, z, tf.constant(r, tf.float32)).numpy()
@@ -98,7 +100,7 @@ def test_dense_rule_matches_matrix_form(rule, nonnegative):
 
 
 @pytest.mark.parametrize("rule", RULES, ids=repr)
-@pytest.mark.parametrize("stride, padding", [(1, "same"), (2, "valid"), (2, "same")])
+@pytest.mark.parametrize("stride, padding", [(1, "same"), (2, "valid"), (2, "same"), (4, "valid")])
 def test_conv_rule_matches_matrix_form(rule, stride, padding):
     rng = np.random.default_rng(1)
     layer = keras.layers.Conv2D(3, 3, strides=stride, padding=padding)
@@ -145,3 +147,51 @@ def test_paper_form_maps_to_the_modern_rule():
     assert vars(AlphaBeta.from_paper(1, 0)) == vars(ZPlus())
     with pytest.raises(ValueError, match="alpha \\+ beta = 1"):
         AlphaBeta.from_paper(2, 1)
+
+
+@pytest.mark.parametrize("size, kernel, stride, padding", [
+    ((227, 227), 7, 4, "valid"), ((13, 11), 3, 2, "valid"), ((12, 12), 4, 2, "same"), ((9, 10), 5, 3, "same"),
+    ((8, 8), 2, 2, "valid"), ((10, 7), 3, 4, "same")])
+def test_a_strided_convolution_over_space_to_depth_blocks_equals_the_convolution(size, kernel, stride, padding):
+    rng = np.random.default_rng(2)
+    a = tf.constant(rng.normal(size=(2, *size, 3)), tf.float32)
+    w = tf.constant(rng.normal(size=(kernel, kernel, 3, 5)), tf.float32)
+    want = keras.ops.conv(a, w, strides=stride, padding=padding).numpy()
+    got = space_to_depth_conv(a, w, stride, padding).numpy()
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def pool_reference(a, r, pool, stride, padding):
+    """Winner-take-all by loops over windows: each window's relevance split equally between its maxima."""
+    n, height, width, channels = a.shape
+    if padding == "valid":
+        out_h, out_w, top, left = (height - pool) // stride + 1, (width - pool) // stride + 1, 0, 0
+    else:
+        out_h, out_w = -(-height // stride), -(-width // stride)
+        top = max((out_h - 1) * stride + pool - height, 0) // 2
+        left = max((out_w - 1) * stride + pool - width, 0) // 2
+    out = np.zeros_like(a)
+    for b, i, j, c in itertools.product(range(n), range(out_h), range(out_w), range(channels)):
+        rows = [y for y in range(i * stride - top, i * stride - top + pool) if 0 <= y < height]
+        cols = [x for x in range(j * stride - left, j * stride - left + pool) if 0 <= x < width]
+        window = a[b, rows][:, cols, c]
+        winners = np.argwhere(window == window.max())
+        for y, x in winners:
+            out[b, rows[y], cols[x], c] += r[b, i, j, c] / len(winners)
+    return out
+
+
+@pytest.mark.parametrize("size, pool, stride, padding", [
+    ((12, 12), 3, 2, "same"), ((13, 11), 3, 2, "valid"), ((8, 8), 2, 2, "valid"), ((9, 10), 3, 3, "same"),
+    ((7, 7), 2, 1, "same"), ((11, 11), 4, 3, "same")])
+def test_max_pool_relevance_goes_to_the_winners_of_each_window_ties_shared(size, pool, stride, padding):
+    rng = np.random.default_rng(3)
+    layer = keras.layers.MaxPooling2D(pool, stride, padding=padding)
+    a = rng.integers(0, 3, size=(2, *size, 2)).astype("float32")  # few values: many ties
+    pooled = layer(a)
+    r = rng.uniform(size=pooled.shape).astype("float32")
+    want = pool_reference(a, r, pool, stride, padding)
+    for given in (pooled, None):
+        got = max_pool_relevance(layer, tf.constant(a), tf.constant(r), given).numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

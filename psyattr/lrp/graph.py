@@ -21,6 +21,7 @@ from psyattr.lrp import checks
 from psyattr.lrp.adapters import adapter_for
 from psyattr.lrp.composites import Composite
 from psyattr.lrp.rules import LinearOp, Rule, Treatment, ZBox
+from psyattr.lrp.strided import space_to_depth_conv
 
 PIXEL_RANGE = (0.0, 255.0)
 
@@ -126,6 +127,20 @@ def _linear_apply(layer: keras.layers.Layer) -> Callable:
         def apply(a, kernel, bias):
             out = keras.ops.matmul(a, kernel)
             return out if bias is None else out + bias
+    return apply
+
+
+def _transposable_apply(layer: keras.layers.Layer) -> Callable | None:
+    """The same linear map in a form whose input gradient is cheaper, where there is one (strided 2-D convolutions)."""
+    if not isinstance(layer, keras.layers.Conv2D):
+        return None
+    strides = tuple(layer.strides)
+    if len(set(strides)) != 1 or strides[0] == 1 or tuple(layer.dilation_rate) != (1, 1) or layer.groups != 1:
+        return None
+
+    def apply(a, kernel, bias):
+        out = space_to_depth_conv(a, kernel, strides[0], layer.padding)
+        return out if bias is None else out + bias
     return apply
 
 
@@ -245,7 +260,8 @@ class RelevanceGraph:
     def _op(self, node: _Node) -> LinearOp:
         layer = node.layer
         bias = layer.bias.value if layer.use_bias else None
-        return LinearOp(_linear_apply(layer), layer.kernel.value, bias, self.nonnegative[node.output])
+        return LinearOp(_linear_apply(layer), layer.kernel.value, bias, self.nonnegative[node.output],
+                        _transposable_apply(layer))
 
     def forward(self, images: tf.Tensor) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
         """Run the model up to the start layer; return every tensor by key and every linear pre-activation."""

@@ -29,6 +29,8 @@ class LinearOp:
     kernel: tf.Tensor
     bias: tf.Tensor | None
     input_nonnegative: bool = False
+    # The same map in a form whose transpose is cheaper; vjp differentiates it instead of `apply`.
+    transposable: Callable[[tf.Tensor, tf.Tensor, tf.Tensor | None], tf.Tensor] | None = None
 
     def forward(self, a: tf.Tensor) -> tf.Tensor:
         """The layer's pre-activation with its own kernel and bias."""
@@ -40,9 +42,10 @@ class LinearOp:
 
     def vjp(self, a: tf.Tensor, upstream: tf.Tensor, kernel: tf.Tensor | None = None) -> tf.Tensor:
         """The gradient of `<f(a; kernel), upstream>` with respect to `a` (independent of `a`: f is linear)."""
+        apply = self.transposable or self.apply
         with tf.GradientTape() as tape:
             tape.watch(a)
-            out = self(a, kernel)
+            out = apply(a, self.kernel if kernel is None else kernel, None)
         return tape.gradient(out, a, output_gradients=upstream)
 
     def bias_or_zero(self, like: tf.Tensor) -> tf.Tensor:
@@ -304,7 +307,7 @@ class WinnerTakesAll(Treatment):
     """
 
     def __call__(self, layer, inputs, output, r):
-        return [max_pool_relevance(layer, inputs[0], r)]
+        return [max_pool_relevance(layer, inputs[0], r, output)]
 
 
 def _pool_padding(size: int, pool: int, stride: int, padding: str) -> tuple[int, int, int]:
@@ -316,21 +319,51 @@ def _pool_padding(size: int, pool: int, stride: int, padding: str) -> tuple[int,
     return out, total // 2, total - total // 2
 
 
-def max_pool_relevance(layer, a: tf.Tensor, r_out: tf.Tensor) -> tf.Tensor:
-    """Winner-take-all relevance through a 2-D max-pooling layer (channels last), ties shared equally."""
+def _scatter_windows(parts: dict[tuple[int, int], tf.Tensor], stride: tuple[int, int], pool: tuple[int, int],
+                     size: tuple[int, int]) -> tf.Tensor:
+    """Sum each window offset's tensor `parts[(dy, dx)]` `(N, out_h, out_w, C)` back onto the padded input grid.
+
+    Offset d = stride * k + q lands in phase q of block i + k; one sum per phase and one interleave write
+    the result once, where a transposed strided slice per offset would write the whole grid per offset.
+    """
+    (sh, sw), (ph, pw) = stride, pool
+    out_h, out_w = next(iter(parts.values())).shape[1:3]
+    blocks_h, blocks_w = out_h + (ph - 1) // sh, out_w + (pw - 1) // sw
+    placed = {(dy, dx): tf.pad(part, [[0, 0], [dy // sh, blocks_h - out_h - dy // sh],
+                                      [dx // sw, blocks_w - out_w - dx // sw], [0, 0]])
+              for (dy, dx), part in parts.items()}
+    rows = []
+    for qy in range(sh):
+        columns = []
+        for qx in range(sw):
+            terms = [t for (dy, dx), t in placed.items() if dy % sh == qy and dx % sw == qx]
+            # A stride longer than the window leaves phases no window reaches.
+            columns.append(tf.add_n(terms) if terms else tf.zeros_like(placed[0, 0]))
+        rows.append(tf.stack(columns, axis=3))
+    grid = tf.stack(rows, axis=2)  # (N, blocks_h, sh, blocks_w, sw, C)
+    shape = tf.shape(grid)
+    grid = tf.reshape(grid, [shape[0], blocks_h * sh, blocks_w * sw, shape[5]])
+    height, width = size
+    # Rows and columns no window reaches get no relevance.
+    return tf.pad(grid, [[0, 0], [0, max(height - blocks_h * sh, 0)], [0, max(width - blocks_w * sw, 0)], [0, 0]]
+                  )[:, :height, :width]
+
+
+def max_pool_relevance(layer, a: tf.Tensor, r_out: tf.Tensor, pooled: tf.Tensor | None = None) -> tf.Tensor:
+    """Winner-take-all relevance through a 2-D max-pooling layer (channels last), ties shared equally.
+
+    `pooled` is the layer's own output when the caller has it (it saves recomputing each window's maximum).
+    """
     (ph, pw), (sh, sw) = layer.pool_size, layer.strides
     height, width = a.shape[1], a.shape[2]
     out_h, top, bottom = _pool_padding(height, ph, sh, layer.padding)
     out_w, left, right = _pool_padding(width, pw, sw, layer.padding)
-    lowest = tf.constant(a.dtype.min, a.dtype)
-    with tf.GradientTape() as tape:
-        padded = tf.pad(a, [[0, 0], [top, bottom], [left, right], [0, 0]], constant_values=lowest)
-        tape.watch(padded)
-        views = [padded[:, dy : dy + sh * (out_h - 1) + 1 : sh, dx : dx + sw * (out_w - 1) + 1 : sw, :]
-                 for dy in range(ph) for dx in range(pw)]
-        winners = tf.reduce_max(tf.stack(views), axis=0)
-        masks = [tf.cast(tf.equal(view, winners), a.dtype) for view in views]
-        share = r_out / tf.add_n(masks)
-        total = tf.add_n([tf.reduce_sum(view * tf.stop_gradient(mask * share)) for view, mask in zip(views, masks)])
-    r_padded = tape.gradient(total, padded)
+    padded = tf.pad(a, [[0, 0], [top, bottom], [left, right], [0, 0]], constant_values=tf.constant(a.dtype.min, a.dtype))
+    views = {(dy, dx): padded[:, dy : dy + sh * (out_h - 1) + 1 : sh, dx : dx + sw * (out_w - 1) + 1 : sw, :]
+             for dy in range(ph) for dx in range(pw)}
+    winners = pooled if pooled is not None else tf.reduce_max(tf.stack(list(views.values())), axis=0)
+    masks = {d: tf.cast(tf.equal(view, winners), a.dtype) for d, view in views.items()}
+    share = r_out / tf.add_n(list(masks.values()))
+    r_padded = _scatter_windows({d: mask * share for d, mask in masks.items()}, (sh, sw), (ph, pw),
+                                (top + height + bottom, left + width + right))
     return r_padded[:, top : top + height, left : left + width, :]
