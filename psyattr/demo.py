@@ -133,7 +133,7 @@ def serve_and_ask(inputs, out_dir: Path) -> dict[str, Any]:
     version = export_model(entry.model, models_dir, "psyattr_demo_age")
     _, usable = inputs.faces(2)
     images = usable.images(entry)  # framed as the model records, as the served client frames photos
-    # XLA stays on: the embedded server would otherwise switch it off for this whole process.
+    # explain_xla answers too, as on a TF Serving started with --xla_cpu_compilation_enabled=true.
     server = ModelServer(models_dir, port=0, xla_cpu_compilation_enabled=True).start()
     try:
         with ExplainerClient(server.address, "psyattr_demo_age", timeout=120) as client:

@@ -4,10 +4,12 @@
 The model is exported to a temporary folder and served by `psyattr serve` in its own process (XLA
 enabled, so that `explain_xla` runs too). In process, two things are timed: `LRPExplainer` (relevance
 only) and the exported signature's function (relevance plus every model output), without XLA and with
-it. Methods are timed in interleaved rounds, so that the printed ratios compare numbers measured under
-the same machine load. `--rest` instead compares the REST API with gRPC at batch 16: time per image of
-`serving_default` and `explain` through `ExplainerClient`, and the bytes per image on the wire. At batch 1,
-one photo file through `explain_image` is timed end to end too (framing by the detector included). Usage:
+it; over gRPC, one request at a time and, at batch 16, two in flight (a steady stream, whose transfers
+overlap the other request's compute). Methods are timed in interleaved rounds, so that the printed
+ratios compare numbers measured under the same machine load. `--rest` instead compares the REST API
+with gRPC at batch 16: time per image of `serving_default` and `explain` through `ExplainerClient`, and
+the bytes per image on the wire. At batch 1, one photo file through `explain_image` is timed end to end
+too (framing by the detector included). Usage:
 
     python scripts/bench_serving.py [--model age] [--rounds 30] [--rounds-16 5] [--server HOST:PORT --name NAME]
     python scripts/bench_serving.py --rest [--rounds-16 5] [--server HOST:PORT --rest-server http://HOST:PORT]
@@ -24,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +169,8 @@ def main() -> None:
                  LRPExplainer(model, args.composite, jit_compile=True)]
         signatures = SignatureBuilder(model, args.composite).functions
         client = ExplainerClient(address, args.name, timeout=600, batch_size=16)
+        second = ExplainerClient(address, args.name, timeout=600, batch_size=16)
+        pool = ThreadPoolExecutor(2)
         print(f"{os.cpu_count()} CPU threads, TensorFlow {tf.__version__}; served by "
               f"{'psyattr serve (own process)' if process else address}; {args.composite}")
         try:
@@ -180,12 +185,19 @@ def main() -> None:
                     calls[local_name] = lambda e=explainer, x=images: e(x, 0)
                     calls[signature_name] = lambda f=function, x=inputs: f(*x)["heatmap"].numpy()
                     calls[served_name] = lambda x=images, jit=xla: client.explain(x, 0, xla=jit)
+                    if batch == 16:
+                        # A steady stream, as a serving benchmark keeps a server busy: two requests in flight,
+                        # so that one's transfer overlaps the other's compute.
+                        calls[f"{served_name}, 2 in flight"] = lambda x=images, jit=xla: [
+                            f.result() for f in [pool.submit(c.explain, x, 0, xla=jit) for c in (client, second)]]
                 if batch == 1:
                     # One photo file end to end: framed here by the detector, sent as PNG to explain_image.
                     calls["gRPC explain_image photo"] = lambda: client.explain_photos([PHOTO], 0)
                 results[batch] = timed(calls, rounds)
         finally:
+            pool.shutdown()
             client.close()
+            second.close()
             if process is not None:
                 process.terminate()
                 process.wait(60)
@@ -202,12 +214,12 @@ def main() -> None:
     print(f"  {'gRPC explain_image photo':24s} {statistics.median(values) * 1e3:8.1f} {percentile(values, 99) * 1e3:8.1f} "
           f"{statistics.median(values) / statistics.median(results[1][GROUPS[0][0]]):19.2f}  (a photo file, framed here)")
     print(f"\nbatch 16, explain throughput in images/s over {args.rounds_16} rounds (median)")
-    print(f"  {'method':24s} {'images/s':>9s} {'x LRPExplainer':>15s}")
+    print(f"  {'method':34s} {'images/s':>9s} {'x LRPExplainer':>15s}")
     for group in GROUPS:
         base = 16 / statistics.median(results[16][group[0]])
-        for name in group:
-            rate = 16 / statistics.median(results[16][name])
-            print(f"  {name:24s} {rate:9.2f} {rate / base:15.2f}")
+        for name in (*group, f"{group[2]}, 2 in flight"):
+            rate = (32 if name.endswith("in flight") else 16) / statistics.median(results[16][name])
+            print(f"  {name:34s} {rate:9.2f} {rate / base:15.2f}")
 
 
 if __name__ == "__main__":

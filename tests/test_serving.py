@@ -29,6 +29,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
 from psyattr.cli import cli
 from psyattr.data.images import load_model_input
 from psyattr.export import export_model
+from psyattr.lrp import LRPExplainer
 from psyattr.serving import BatchingParameters, ExplainerClient, ModelServer, ServingError
 from tests.serving_models import (EXPLAIN_EXTRA_KEYS, REGRESSOR_KEYS, assert_heatmaps_close, assert_predictions_close,
                                   expected_explanations, expected_predictions, framed_inputs, framed_pngs,
@@ -66,7 +67,6 @@ def serving_root(models, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(serving_root):
-    # XLA stays enabled in the test process (disabling it cannot be undone); test_serve_command covers the default.
     batching = BatchingParameters(max_batch_size=MAX_BATCH, batch_timeout_micros=50_000, num_batch_threads=1)
     server = ModelServer(serving_root, serving_root / "models.config", batching, port=0, poll_seconds=0.2,
                          max_message_bytes=MAX_MESSAGE, xla_cpu_compilation_enabled=True).start()
@@ -98,6 +98,19 @@ def predict_request(images, model=REGRESSOR, signature="serving_default", **inpu
 
 def outputs_of(response) -> dict[str, np.ndarray]:
     return {key: tf.make_ndarray(proto) for key, proto in response.outputs.items()}
+
+
+def test_without_xla_the_server_refuses_explain_xla_alone_and_leaves_xla_to_the_process(serving_root, models,
+                                                                                       face_images):
+    with ModelServer(serving_root, port=0, warmup=False) as server, \
+            ExplainerClient(server.address, "psyattr_gender", timeout=120, retries=0) as client:
+        with pytest.raises(ServingError, match="XLA compilation disabled.*--xla-cpu-compilation-enabled") as caught:
+            client.explain(face_images[:1], xla=True)
+        assert caught.value.code == grpc.StatusCode.INTERNAL
+        served = client.explain(face_images[:1], "female")
+    # The process itself still compiles with XLA: nothing was switched off process-wide.
+    local = LRPExplainer(models["psyattr_gender"], jit_compile=True)(face_images[:1], "female")
+    np.testing.assert_allclose(served.heatmap, local.heatmap, rtol=1e-3, atol=1e-3 * np.abs(local.heatmap).max())
 
 
 def test_predict_with_the_stock_stub_gives_in_process_keras_scores(stub, models, face_images):

@@ -75,12 +75,14 @@ class ModelManager:
     """Loads, serves and unloads model versions from `models_dir` (or a TF Serving model config file)."""
 
     def __init__(self, models_dir: str | os.PathLike, config_path: str | os.PathLike | None = None,
-                 batching: BatchingParameters | None = None, poll_seconds: float = 1.0, warmup: bool = True):
+                 batching: BatchingParameters | None = None, poll_seconds: float = 1.0, warmup: bool = True,
+                 xla_enabled: bool = True):
         self.models_dir = Path(models_dir)
         self.config_path = Path(config_path) if config_path else None
         self.batching = batching or BatchingParameters()
         self.poll_seconds = poll_seconds
         self.warmup = warmup
+        self.xla_enabled = xla_enabled
         self._models: dict[str, _Model] = {}
         self._batchers: dict[tuple[str, int, str], Batcher] = {}
         self._lock = threading.RLock()
@@ -173,7 +175,7 @@ class ModelManager:
             model.states[version] = VersionState(State.LOADING)
         start = time.monotonic()
         try:
-            servable = Servable(name, version, path)
+            servable = Servable(name, version, path, self.xla_enabled)
             try:
                 warmed = servable.warmup(validate_request) if self.warmup else 0
             except BaseException:

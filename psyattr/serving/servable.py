@@ -33,13 +33,62 @@ class LoadError(RuntimeError):
     """A version folder that does not load (corrupt, half copied, or not a SavedModel)."""
 
 
+# TF Serving's answer (TensorFlow's words) when a function that must compile meets XLA switched off, and the way out.
+XLA_DISABLED = ("XLA compilation disabled (the server was started without XLA: psyattr serve "
+                "--xla-cpu-compilation-enabled, like TF Serving's --xla_cpu_compilation_enabled=true, allows it)")
+
+
+def _must_compile(attrs) -> bool:
+    return "_XlaMustCompile" in attrs and attrs["_XlaMustCompile"].b
+
+
+def xla_signatures(meta_graph: meta_graph_pb2.MetaGraphDef) -> set[str]:
+    """The signatures that run a function traced with `jit_compile=True` (XLA), read from the graph itself."""
+    functions = {f.signature.name: f for f in meta_graph.graph_def.library.function}
+    compiles: dict[str, bool] = {}
+
+    def calls_xla(nodes, seen: set[str]) -> bool:
+        for node in nodes:
+            if _must_compile(node.attr):
+                return True
+            for value in node.attr.values():
+                names = [value.func.name] if value.HasField("func") else [f.name for f in value.list.func]
+                if any(function_compiles(name, seen) for name in names if name):
+                    return True
+        return False
+
+    def function_compiles(name: str, seen: set[str]) -> bool:
+        if name not in compiles:
+            function = functions.get(name)
+            if function is None or name in seen:
+                return False
+            compiles[name] = _must_compile(function.attr) or calls_xla(function.node_def, seen | {name})
+        return compiles[name]
+
+    producers = {node.name: node for node in meta_graph.graph_def.node}
+    found = set()
+    for key, signature in meta_graph.signature_def.items():
+        stack, reached = [info.name.split(":")[0] for info in signature.outputs.values()], {}
+        while stack:
+            name = stack.pop()
+            node = producers.get(name)
+            if node is None or name in reached:
+                continue
+            reached[name] = node
+            stack.extend(i.lstrip("^").split(":")[0] for i in node.input)
+        if calls_xla(reached.values(), set()):
+            found.add(key)
+    return found
+
+
 class Servable:
     """A SavedModel version in a `tf.compat.v1` Session: the C++ `LoadSavedModel` path of TF Serving."""
 
-    def __init__(self, name: str, version: int, path: str | os.PathLike):
+    def __init__(self, name: str, version: int, path: str | os.PathLike, xla_enabled: bool = True):
         self.name = name
         self.version = int(version)
         self.path = Path(path)
+        self.xla_enabled = xla_enabled
         self.graph = tf.Graph()
         self.session = tf.compat.v1.Session(graph=self.graph)
         try:
@@ -47,6 +96,9 @@ class Servable:
                 self.meta_graph: meta_graph_pb2.MetaGraphDef = tf.compat.v1.saved_model.loader.load(
                     self.session, ["serve"], str(self.path))
             self.metadata = read_export_metadata(self.path) or {}
+            # Kept per servable rather than switched off process-wide: TF Serving calls a C++ function for that,
+            # which Python reaches only by its mangled symbol.
+            self.xla_signatures = xla_signatures(self.meta_graph)
         except Exception as err:  # the loader raises many kinds for damaged folders
             self.session.close()
             raise LoadError(f"cannot load {self.path}: {error_summary(err)}") from err
@@ -70,6 +122,8 @@ class Servable:
     def run(self, signature: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one signature on validated inputs (by alias); every output by alias."""
         sig = self.signature(signature)
+        if not self.xla_enabled and signature in self.xla_signatures:
+            raise ServingError(grpc.StatusCode.INTERNAL, XLA_DISABLED)
         fetches = {alias: info.name for alias, info in sig.outputs.items()}
         try:
             return self.session.run(fetches, {sig.inputs[alias].name: value for alias, value in feeds.items()})

@@ -14,15 +14,12 @@ Clients must raise their own receive limit (4 MiB by default in gRPC) for heatma
 from __future__ import annotations
 
 import concurrent.futures
-import ctypes
 import logging
 import os
 import threading
 from collections import Counter
-from pathlib import Path
 
 import grpc
-import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_service_pb2_grpc)
@@ -32,6 +29,7 @@ from psyattr.serving.errors import ServingError, clip, invalid
 from psyattr.serving.manager import ModelManager
 from psyattr.serving.rest import DEFAULT_MAX_BODY_BYTES, DEFAULT_REST_TIMEOUT, RestServer
 from psyattr.serving.tensors import to_proto
+from psyattr.serving.transports import LARGE_MESSAGE_OPTIONS
 from psyattr.serving.validation import output_aliases, validate_request
 
 log = logging.getLogger(__name__)
@@ -40,12 +38,6 @@ DEFAULT_PORT = 8500  # TF Serving's gRPC port
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 MAX_SEND_BYTES = 512 << 20
 SIGNATURE_DEF = "signature_def"
-
-
-def disable_xla_compilation() -> None:
-    """Disable XLA in this process as `tensorflow_model_server` does by default (there is no way back)."""
-    library = ctypes.CDLL(str(Path(tf.__file__).parent / "libtensorflow_cc.so.2"))
-    library._ZN10tensorflow21DisableXlaCompilationEv()
 
 
 class ServingCore:
@@ -81,7 +73,7 @@ class ServingCore:
         response.model_spec.version.value = servable.version
         response.model_spec.signature_name = signature_name
         for alias in aliases:
-            response.outputs[alias].CopyFrom(to_proto(outputs[alias]))
+            to_proto(outputs[alias], response.outputs[alias])
         return response
 
     def signature_inputs(self, spec: model_pb2.ModelSpec, signature_name: str) -> dict[str, meta_graph_pb2.TensorInfo]:
@@ -165,7 +157,8 @@ class ModelServer:
     every folder of `models_dir` is a model serving its latest version. `port=0` picks a free port.
     `rest_port` (8501 in `psyattr serve`; None here) adds TF Serving's REST API on the same host, over
     the same lookup, validation and batching; `rest_max_body_bytes` caps its request bodies.
-    `xla_cpu_compilation_enabled=False`, like TF Serving's default, disables XLA for the whole process.
+    `xla_cpu_compilation_enabled=False`, like TF Serving's default, refuses the signatures that need XLA
+    (INTERNAL, "XLA compilation disabled", as TF Serving answers); other Python code in the process keeps XLA.
     """
 
     def __init__(self, models_dir: str | os.PathLike, config: str | os.PathLike | None = None,
@@ -174,7 +167,7 @@ class ModelServer:
                  xla_cpu_compilation_enabled: bool = False, max_workers: int = 32, warmup: bool = True,
                  rest_port: int | None = None, rest_max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                  rest_timeout: float = DEFAULT_REST_TIMEOUT):
-        self.manager = ModelManager(models_dir, config, batching, poll_seconds, warmup)
+        self.manager = ModelManager(models_dir, config, batching, poll_seconds, warmup, xla_cpu_compilation_enabled)
         self.core = ServingCore(self.manager)
         self.host = host
         self.port = port
@@ -200,13 +193,12 @@ class ModelServer:
 
     def start(self) -> ModelServer:
         """Load the models, bind the port and start answering; returns self."""
-        if not self.xla_cpu_compilation_enabled:
-            disable_xla_compilation()
         self.manager.start()
         options = [
             ("grpc.max_receive_message_length", self.max_message_bytes),
             ("grpc.max_send_message_length", MAX_SEND_BYTES),
             ("grpc.so_reuseport", 0),  # a port in use must fail here, not be shared silently
+            *LARGE_MESSAGE_OPTIONS,
         ]
         server = grpc.server(concurrent.futures.ThreadPoolExecutor(self.max_workers, thread_name_prefix="grpc"),
                              options=options, maximum_concurrent_rpcs=self.max_workers * 4)

@@ -23,10 +23,14 @@ def dtype_name(dtype: int) -> str:
     return types_pb2.DataType.Name(dtype)
 
 
-def to_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
-    """A response tensor in typed fields (`float_val`, `string_val`, ...), like TF Serving's Predict."""
+def to_proto(array: np.ndarray, proto: tensor_pb2.TensorProto | None = None) -> tensor_pb2.TensorProto:
+    """A response tensor in typed fields (`float_val`, `string_val`, ...), like TF Serving's Predict.
+
+    `proto` is an empty message to fill in place (e.g. `response.outputs[key]`): copying a filled one in costs
+    as much again.
+    """
     array = np.asarray(array)
-    proto = tensor_pb2.TensorProto()
+    proto = tensor_pb2.TensorProto() if proto is None else proto
     proto.tensor_shape.dim.extend(tensor_shape_pb2.TensorShapeProto.Dim(size=s) for s in array.shape)
     if array.dtype == object or array.dtype.kind in "SU":
         proto.dtype = types_pb2.DT_STRING
@@ -59,8 +63,11 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-def to_numpy(proto: tensor_pb2.TensorProto) -> np.ndarray:
-    """A numpy array from either encoding (typed fields or `tensor_content`); ValueError if inconsistent."""
+def to_numpy(proto: tensor_pb2.TensorProto, writable: bool = True) -> np.ndarray:
+    """A numpy array from either encoding (typed fields or `tensor_content`); ValueError if inconsistent.
+
+    `writable=False` lets `tensor_content` be read in place (no copy) for arrays nobody writes to.
+    """
     shape = tuple(d.size for d in proto.tensor_shape.dim)
     count = int(np.prod(shape)) if shape else 1
     dtype = _NUMPY.get(proto.dtype)
@@ -76,4 +83,6 @@ def to_numpy(proto: tensor_pb2.TensorProto) -> np.ndarray:
         if values.size != count:
             raise ValueError(f"{values.size} strings for shape {shape}")
         return values.reshape(shape)
+    if not writable and dtype is not None and len(proto.tensor_content) == count * np.dtype(dtype).itemsize:
+        return np.frombuffer(proto.tensor_content, dtype=dtype).reshape(shape)
     return tf.make_ndarray(proto)

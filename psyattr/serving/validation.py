@@ -83,7 +83,7 @@ def validate_request(
     feeds: dict[str, np.ndarray] = {}
     for alias in shapes:
         try:
-            value = to_numpy(request.inputs[alias])
+            value = to_numpy(request.inputs[alias], writable=False)  # fed to the Session, never written
         except (ValueError, TypeError):
             raise invalid(f"tensor parsing error: {alias}") from None
         if value.dtype.kind in _FLOAT_KINDS and not np.isfinite(value).all():
