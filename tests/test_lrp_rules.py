@@ -17,15 +17,19 @@ from psyattr.lrp.strided import space_to_depth_conv
 LOW, HIGH = -1.5, 2.0
 
 
+def windows(height: int, width: int, kh: int, kw: int, stride: int, padding: str) -> tuple[int, int, int, int]:
+    """(out_h, out_w, top, left) of a 2-D window sliding as Keras slides it, written out for the references."""
+    if padding == "valid":
+        return (height - kh) // stride + 1, (width - kw) // stride + 1, 0, 0
+    out_h, out_w = -(-height // stride), -(-width // stride)
+    return (out_h, out_w, max((out_h - 1) * stride + kh - height, 0) // 2,
+            max((out_w - 1) * stride + kw - width, 0) // 2)
+
+
 def conv_matrix(kernel: np.ndarray, height: int, width: int, stride: int, padding: str):
     """The dense (inputs, outputs) matrix of a 2-D convolution, and which entries are real connections."""
     kh, kw, channels, filters = kernel.shape
-    if padding == "valid":
-        out_h, out_w, top, left = (height - kh) // stride + 1, (width - kw) // stride + 1, 0, 0
-    else:
-        out_h, out_w = -(-height // stride), -(-width // stride)
-        top = max((out_h - 1) * stride + kh - height, 0) // 2
-        left = max((out_w - 1) * stride + kw - width, 0) // 2
+    out_h, out_w, top, left = windows(height, width, kh, kw, stride, padding)
     matrix = np.zeros((height * width * channels, out_h * out_w * filters))
     connected = np.zeros_like(matrix, dtype=bool)
     for oh, ow, f, i, j, c in itertools.product(range(out_h), range(out_w), range(filters), range(kh), range(kw),
@@ -165,12 +169,7 @@ def test_a_strided_convolution_over_space_to_depth_blocks_equals_the_convolution
 def pool_reference(a, r, pool, stride, padding):
     """Winner-take-all by loops over windows: each window's relevance split equally between its maxima."""
     n, height, width, channels = a.shape
-    if padding == "valid":
-        out_h, out_w, top, left = (height - pool) // stride + 1, (width - pool) // stride + 1, 0, 0
-    else:
-        out_h, out_w = -(-height // stride), -(-width // stride)
-        top = max((out_h - 1) * stride + pool - height, 0) // 2
-        left = max((out_w - 1) * stride + pool - width, 0) // 2
+    out_h, out_w, top, left = windows(height, width, pool, pool, stride, padding)
     out = np.zeros_like(a)
     for b, i, j, c in itertools.product(range(n), range(out_h), range(out_w), range(channels)):
         rows = [y for y in range(i * stride - top, i * stride - top + pool) if 0 <= y < height]

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 
 import tensorflow as tf
 
+from psyattr.lrp.strided import window_padding
+
 DEFAULT_STABILIZER = 1e-6
 
 
@@ -310,15 +312,6 @@ class WinnerTakesAll(Treatment):
         return [max_pool_relevance(layer, inputs[0], r, output)]
 
 
-def _pool_padding(size: int, pool: int, stride: int, padding: str) -> tuple[int, int, int]:
-    """(output size, padding before, padding after) of one spatial axis, as Keras pools."""
-    if padding == "valid":
-        return (size - pool) // stride + 1, 0, 0
-    out = -(-size // stride)
-    total = max((out - 1) * stride + pool - size, 0)
-    return out, total // 2, total - total // 2
-
-
 def _scatter_windows(parts: dict[tuple[int, int], tf.Tensor], stride: tuple[int, int], pool: tuple[int, int],
                      size: tuple[int, int]) -> tf.Tensor:
     """Sum each window offset's tensor `parts[(dy, dx)]` `(N, out_h, out_w, C)` back onto the padded input grid.
@@ -356,8 +349,8 @@ def max_pool_relevance(layer, a: tf.Tensor, r_out: tf.Tensor, pooled: tf.Tensor 
     """
     (ph, pw), (sh, sw) = layer.pool_size, layer.strides
     height, width = a.shape[1], a.shape[2]
-    out_h, top, bottom = _pool_padding(height, ph, sh, layer.padding)
-    out_w, left, right = _pool_padding(width, pw, sw, layer.padding)
+    out_h, top, bottom = window_padding(height, ph, sh, layer.padding)
+    out_w, left, right = window_padding(width, pw, sw, layer.padding)
     padded = tf.pad(a, [[0, 0], [top, bottom], [left, right], [0, 0]], constant_values=tf.constant(a.dtype.min, a.dtype))
     views = {(dy, dx): padded[:, dy : dy + sh * (out_h - 1) + 1 : sh, dx : dx + sw * (out_w - 1) + 1 : sw, :]
              for dy in range(ph) for dx in range(pw)}

@@ -11,21 +11,22 @@ from __future__ import annotations
 import tensorflow as tf
 
 
-def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+def window_padding(size: int, window: int, stride: int, padding: str) -> tuple[int, int, int]:
+    """(output size, padding before, padding after) of one spatial axis of a Keras convolution or pooling."""
+    if padding == "valid":
+        return (size - window) // stride + 1, 0, 0
     out = -(-size // stride)
-    total = max((out - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
+    total = max((out - 1) * stride + window - size, 0)
+    return out, total // 2, total - total // 2
 
 
 def space_to_depth_conv(a: tf.Tensor, kernel: tf.Tensor, stride: int, padding: str) -> tf.Tensor:
     """`conv2d(a, kernel, stride, padding)` (channels last, no dilation) computed as a stride-1 convolution."""
     kh, kw, cin, cout = (int(d) for d in kernel.shape)
-    if padding == "same":
-        top, bottom = _same_padding(int(a.shape[1]), kh, stride)
-        left, right = _same_padding(int(a.shape[2]), kw, stride)
-        a = tf.pad(a, [[0, 0], [top, bottom], [left, right], [0, 0]])
+    out_h, top, bottom = window_padding(int(a.shape[1]), kh, stride, padding)
+    out_w, left, right = window_padding(int(a.shape[2]), kw, stride, padding)
+    a = tf.pad(a, [[0, 0], [top, bottom], [left, right], [0, 0]])
     height, width = int(a.shape[1]), int(a.shape[2])
-    out_h, out_w = (height - kh) // stride + 1, (width - kw) // stride + 1
     blocks_h, blocks_w = -(-kh // stride), -(-kw // stride)
     need_h, need_w = stride * (out_h + blocks_h - 1), stride * (out_w + blocks_w - 1)
     # Rows and columns past the last window are never read; missing ones meet zero kernel taps only.
