@@ -58,6 +58,10 @@ def run_grid(data: RatedFaces, out_dir: str | os.PathLike, data_spec: dict[str, 
                     cross_validate(data, run_dir, config, cv, data_spec, cache_dir, progress)
                     continue
                 state = read_state(run_dir)
+                if state is None and config.mode == "ridge" and Run.is_run(run_dir) and Run.open(run_dir).finished:
+                    Run.open(run_dir).check_seed(seed)  # solved in one step: a finished run has no epoch state
+                    log.info("%s is complete, skipped", run_dir.name)
+                    continue
                 if state and state["identity"].get("seed", seed) != seed:
                     raise ValueError(f"{run_dir} holds a run with seed {state['identity']['seed']}, not {seed}: "
                                      "give another --out, or the same --seed to finish that grid")
@@ -200,7 +204,11 @@ def plot_fig3(runs: list[Run], path: str | os.PathLike) -> Path:
         ax.set_xlabel("epoch")
         ax.set_ylabel("MAE on the 1..9 scale")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.lines:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no learning curves: ridge runs are solved in one step", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=8)
     for ax in axes.ravel()[len(names):]:
         ax.axis("off")
     fig.suptitle("Learning curves: training MAE (solid) and test MAE (dashed) per epoch", fontsize=10)

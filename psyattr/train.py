@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 
 # A dense-mode epoch on cached features costs about a twelfth of a full-mode one (scripts/bench_transfer.py).
-DEFAULT_EPOCHS = {"dense": 120, "full": 30}
+DEFAULT_EPOCHS = {"dense": 120, "full": 30, "ridge": 1}  # ridge mode is solved in one step
 
 
 @dataclasses.dataclass
@@ -187,6 +187,8 @@ def train_regressor(
     if split is not None:
         identity["split"] = split[0]
     state = check_run_dir(run_dir, identity, resume)
+    if config.mode == "ridge" and Run.is_run(run_dir) and Run.open(run_dir).finished:
+        raise RunError(f"{run_dir} already holds this finished ridge run: choose another output folder")
     splits = split[1] if split is not None else split_halves(data, config.seed)
     train_index, train_y = _valid_targets(data, columns, splits["train"])
     test_index, test_y = _valid_targets(data, columns, splits["test"])
@@ -218,9 +220,17 @@ def train_regressor(
                                          dropout=config.dropout)
 
     regressor = make_regressor()
-    if config.mode == "dense":
-        trained = _fit_dense(regressor, train_images, train_y, test_images, test_y, run_dir, config, identity, state,
-                             progress, keep_checkpoints, cache_dir)
+    if config.mode in ("dense", "ridge"):
+        # The frozen features of every framed face, computed once and cached by weights and pixels: the 50/50
+        # split and each fold of a cross-validation then share them. Mirror images as full mode's augmentation.
+        center, mirrored = pool5_features(feature_model(regressor), images, cache_dir, progress)
+        train_at, test_at = [position[i] for i in train_index], [position[i] for i in test_index]
+        features = (center[train_at], mirrored[train_at], center[test_at])
+    if config.mode == "ridge":
+        trained = _fit_ridge(regressor, features, train_y, run_dir)
+    elif config.mode == "dense":
+        trained = _fit_dense(features, train_y, test_y, run_dir, config, identity, state, progress, keep_checkpoints,
+                             regressor)
     else:
         trained = _fit_full(make_regressor, train_images, train_y, test_crops, test_y, run_dir, config, identity,
                             state, progress, keep_checkpoints, cluster)
@@ -241,13 +251,9 @@ def feature_dataset(center: np.ndarray, mirrored: np.ndarray, targets: np.ndarra
     return data.map(pick, num_parallel_calls=tf.data.AUTOTUNE).batch(batch).prefetch(tf.data.AUTOTUNE)
 
 
-def _fit_dense(regressor, train_images, train_y, test_images, test_y, run_dir, config, identity, state, progress,
-               keep, cache_dir) -> keras.Model:
-    # The frozen features are computed once (and cached across runs of the same base): centre crops of both
-    # halves and the mirror images of the train half's crops.
-    center, mirrored = pool5_features(feature_model(regressor), np.concatenate([train_images, test_images]),
-                                      cache_dir, progress)
-    count = len(train_images)
+def _fit_dense(features, train_y, test_y, run_dir, config, identity, state, progress, keep, regressor
+               ) -> keras.Model:
+    train_center, train_mirrored, test_center = features
     if state is None:
         model = head_model(regressor)
         _compile(model, config, jit_compile=True)  # the small head trains about 1.6x faster under XLA
@@ -255,17 +261,31 @@ def _fit_dense(regressor, train_images, train_y, test_images, test_y, run_dir, c
     else:
         model = keras.models.load_model(run_dir / state["checkpoint"])
         initial_epoch, history = int(state["epoch"]), state["history"]
-    evaluation = SplitMAE({"train": (center[:count], train_y), "test": (center[count:], test_y)}, config.batch_size,
+    evaluation = SplitMAE({"train": (train_center, train_y), "test": (test_center, test_y)}, config.batch_size,
                           identity["attributes"])
     callbacks = [evaluation, EpochCheckpoint(run_dir, identity, history, keep=keep)]
     if progress:  # after the checkpoint, so that the bar never runs ahead of what is saved
         callbacks.append(EpochProgress(config.epochs, initial_epoch, f"training {run_dir.name}"))
     if initial_epoch < config.epochs:
-        model.fit(feature_dataset(center[:count], mirrored[:count], train_y, config.batch_size,
-                                  config.seed + initial_epoch),
+        model.fit(feature_dataset(train_center, train_mirrored, train_y, config.batch_size, config.seed + initial_epoch),
                   epochs=config.epochs, initial_epoch=initial_epoch, callbacks=callbacks, shuffle=False,
                   verbose=0 if progress else 2)
     return model
+
+
+def _fit_ridge(regressor, features, train_y, run_dir) -> keras.Model:
+    from psyattr.ridge import fit_ridge, root_features
+
+    train_center, train_mirrored, _ = features
+    # The head learns from the mean of each face's features and its mirror image's.
+    fit = fit_ridge(root_features((train_center + train_mirrored) / 2, regressor.get_layer("root").offset), train_y)
+    regressor.get_layer("fc8").set_weights([fit.kernel.astype(np.float32), fit.bias.astype(np.float32)])
+    columns = regressor.get_layer("scores").output_names
+    record = {c: {"penalty": p, "loo_mse": e} for c, p, e in zip(columns, fit.penalties, fit.loo_mse)}
+    atomic_write_text(run_dir / "ridge.json", json.dumps(record, indent=2))
+    log.info("ridge penalties (leave-one-out over %d training faces): %s", len(train_y),
+             ", ".join(f"{c} {p:g}" for c, p in zip(columns, fit.penalties)))
+    return regressor
 
 
 def _fit_full(make_regressor, train_images, train_y, test_crops, test_y, run_dir, config, identity, state, progress,

@@ -16,9 +16,9 @@ GENDER_KEYS = {"prob_male", "prob_female", "logit_male", "logit_female"}
 EXPLAIN_EXTRA_KEYS = {"target", "target_score", "heatmap"}
 
 
-def random_regressor(seed: int, images: np.ndarray) -> keras.Model:
+def random_regressor(seed: int, images: np.ndarray, mode: str = "dense") -> keras.Model:
     """An attribute regressor on a random age net, its head scaled so that `images` score across (0, 1)."""
-    model = build_attribute_regressor(random_net("age", seed, zero_bias=False), ATTRIBUTES, SCALES, "dense",
+    model = build_attribute_regressor(random_net("age", seed, zero_bias=False), ATTRIBUTES, SCALES, mode,
                                       initial_scores=[0.4, 0.6])
     spread_head(model, images, 0.25, seed=seed)
     return model

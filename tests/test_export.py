@@ -36,7 +36,9 @@ TARGETS = np.array([b"", b"1", b"0"], dtype=object)
 
 @pytest.fixture(scope="module")
 def models(face_images):
-    return {"psyattr_regressor": random_regressor(11, face_images), "psyattr_gender": random_net("gender", 12, False)}
+    return {"psyattr_regressor": random_regressor(11, face_images), "psyattr_gender": random_net("gender", 12, False),
+            # ridge mode's head sits on the root-scaled pool5 features: its own layer must export and explain too
+            "psyattr_ridge": random_regressor(13, face_images, mode="ridge")}
 
 
 @pytest.fixture(scope="module")

@@ -130,6 +130,40 @@ def test_grid_writes_table1_and_learning_curves(tmp_path, small_rated, bases):
     assert other_seed.exit_code != 0 and "seed 0, not 1" in other_seed.output
 
 
+@pytest.mark.slow
+def test_ridge_mode_solves_a_linear_head_on_pool5_and_a_grid_of_it_keeps_finished_runs(tmp_path, small_rated, bases):
+    run = tmp_path / "run"
+    common = ["--base", bases["age"], "--mode", "ridge", "--attribute", "happy", "--attribute", "attractive",
+              "--data", f"csv:{small_rated}", "--scale", "0,100", "--cache-dir", tmp_path / "cache"]
+    result = train([*common, "--out", run])
+    assert result.exit_code == 0, result.output
+    penalties = json.loads((run / "ridge.json").read_text())
+    assert set(penalties) == {"happy", "attractive"} and all(v["penalty"] > 0 for v in penalties.values())
+    model = keras.models.load_model(run / "model.keras")
+    assert "root" in {layer.name for layer in model.layers} and "fc6" not in {layer.name for layer in model.layers}
+    metrics = json.loads((run / "metrics.json").read_text())["attributes"]
+    assert metrics["happy"]["count"] == 20 and np.isfinite(metrics["happy"]["pearson_r"])
+    saved = (run / "model.keras").stat().st_mtime_ns
+    again = train([*common, "--out", run])
+    assert again.exit_code != 0 and "already holds this finished ridge run" in again.output
+    assert (run / "model.keras").stat().st_mtime_ns == saved
+    epochs = train([*common, "--out", tmp_path / "other", "--epochs", "3"])
+    assert epochs.exit_code != 0 and "--epochs" in epochs.output and not (tmp_path / "other").exists()
+
+    out = tmp_path / "grid"
+    grid = ["grid", "--data", f"csv:{small_rated}", "--scale", "0,100", "--out", str(out), "--bases",
+            f"{bases['age']},{bases['gender']}", "--modes", "ridge", "--attributes", "happy", "--cache-dir",
+            str(tmp_path / "cache"), "--no-progress"]
+    first = CliRunner().invoke(cli, grid)
+    assert first.exit_code == 0, first.output
+    assert "| happy | age | ridge |" in first.output and "| happy | gender | ridge |" in first.output
+    solved = {p: p.stat().st_mtime_ns for p in out.glob("*/model.keras")}
+    assert len(solved) == 2
+    rerun = CliRunner().invoke(cli, grid)
+    assert rerun.exit_code == 0, rerun.output
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/model.keras")} == solved
+
+
 def test_unknown_attribute_stops_before_training_and_lists_the_columns(tmp_path, small_rated, bases):
     result = train(["--base", bases["age"], "--mode", "dense", "--attribute", "sleepy", "--data",
                     f"csv:{small_rated}", "--scale", "0,100", "--out", tmp_path / "run"])

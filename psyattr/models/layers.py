@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
+from psyattr.ridge import ROOT_OFFSET
+
 # Per-channel BGR means of Levi & Hassner's mean.binaryproto (RESEARCH.md).
 LEVI_HASSNER_BGR_MEAN = (78.426, 87.769, 114.896)
 
@@ -114,3 +116,26 @@ class AttributeScores(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "names": self.output_names, "scale_low": self.scale_low,
                 "scale_high": self.scale_high}
+
+
+@keras.saving.register_keras_serializable(package="psyattr")
+class RootFeatures(keras.layers.Layer):
+    """`sqrt(relu(x) + offset) - sqrt(offset)`: compresses the heavy tail of pooled ReLU features for a linear head.
+
+    The offset keeps the gradient finite at zero, where most pool5 units sit, so gradient methods stay defined.
+    """
+
+    def __init__(self, offset: float = ROOT_OFFSET, **kwargs):
+        super().__init__(**kwargs)
+        if offset <= 0:
+            raise ValueError(f"RootFeatures needs a positive offset, got {offset}")
+        self.offset = float(offset)
+
+    def call(self, inputs):
+        return tf.sqrt(tf.nn.relu(inputs) + self.offset) - self.offset ** 0.5
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "offset": self.offset}

@@ -6,7 +6,7 @@ import numpy as np
 
 from psyattr.lrp.adapters import LayerAdapter, register_adapter
 from psyattr.lrp.rules import GradientFlow, Identity
-from psyattr.models.layers import CaffeLRN, CaffePreprocess
+from psyattr.models.layers import CaffeLRN, CaffePreprocess, RootFeatures
 
 
 def _preprocess_bounds(layer: CaffePreprocess, low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -19,3 +19,5 @@ register_adapter(LayerAdapter(CaffeLRN, Identity(), sign_preserving=True,
                               description="Caffe's LRN, treated as the identity (as the Caffe LRP toolbox does)"))
 register_adapter(LayerAdapter(CaffePreprocess, GradientFlow(), bounds=_preprocess_bounds,
                               description="Caffe's preprocessing: relevance flows back to the RGB pixels"))
+register_adapter(LayerAdapter(RootFeatures, Identity(), sign_preserving=True,
+                              description="the ridge head's root scaling: element-wise and monotone, relevance passes"))

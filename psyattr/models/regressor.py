@@ -8,16 +8,17 @@ import keras
 import numpy as np
 
 from psyattr.models.groups import set_trainable_groups
-from psyattr.models.layers import AttributeScores, CaffePreprocess
+from psyattr.models.layers import AttributeScores, CaffePreprocess, RootFeatures
 from psyattr.models.levi_hassner import INPUT_SHAPE, build_dense, build_features
 
-MODES = ("dense", "full")
+MODES = ("dense", "full", "ridge")
 
 
 def check_mode(mode: str) -> str:
     """Return `mode` if it is a fine-tuning mode, else raise a ValueError naming them."""
     if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}: expected 'dense' (features frozen) or 'full' (whole net)")
+        raise ValueError(f"unknown mode {mode!r}: expected 'dense' (features frozen), 'full' (whole net) or 'ridge' "
+                         "(a linear head on the frozen pool5 features)")
     return mode
 
 
@@ -34,7 +35,8 @@ def build_attribute_regressor(
     """A new model with the base net's conv1..fc7 weights and a fresh `fc8` head scoring `attributes`.
 
     `scales` gives each attribute's rating scale (low, high); `initial_scores` (in [0, 1], e.g. the
-    training means) starts the head at those values. `mode` "dense" freezes the features group.
+    training means) starts the head at those values. `mode` "dense" freezes the features group; "ridge" drops
+    fc6 and fc7 and puts the head on the root-scaled pool5 features (`RootFeatures`), for a closed-form fit.
     `framing` (a framing record) is what the regressor's photos are framed by: by default the base net's.
     `dropout` is the rate of drop6 and drop7 in training (Levi & Hassner's 0.5).
     """
@@ -47,8 +49,8 @@ def build_attribute_regressor(
     if not isinstance(preprocess, CaffePreprocess):
         raise ValueError(f"{base.name} is not a Levi-Hassner base net (no CaffePreprocess layer 'data')")
     inputs = keras.Input(INPUT_SHAPE, name="image")
-    x = build_dense(build_features(inputs, preprocess.bgr_mean, framing if framing is not None else preprocess.framing),
-                    dropout)
+    features = build_features(inputs, preprocess.bgr_mean, framing if framing is not None else preprocess.framing)
+    x = RootFeatures(name="root")(features) if mode == "ridge" else build_dense(features, dropout)
     # A zero kernel makes the new head start as the predict-the-mean baseline (with `initial_scores`): fine-tuning
     # then begins from the best constant guess instead of from large random errors pushed into the features.
     head = keras.layers.Dense(len(attributes), name="fc8", kernel_initializer="zeros")
@@ -60,7 +62,7 @@ def build_attribute_regressor(
     if initial_scores is not None:
         kernel, _ = head.get_weights()
         head.set_weights([kernel, np.asarray(initial_scores, dtype="float32")])
-    set_trainable_groups(model, ["dense", "head"] if mode == "dense" else ["features", "dense", "head"])
+    set_trainable_groups(model, {"dense": ["dense", "head"], "ridge": ["head"]}.get(mode, ["features", "dense", "head"]))
     return model
 
 
