@@ -154,6 +154,17 @@ def ray_explained(ray_cluster, photo_folder, tmp_path_factory) -> Path:
     return out
 
 
+def _assert_same_outputs(row: dict, outputs: dict) -> None:
+    """A Ray row holds the local engine's outputs, each to 1e-5 of the largest of them.
+
+    The actors compute on one thread and the local engine on two, so sums run in another order: a logit near 0
+    (a difference of larger terms) keeps the absolute error of the large ones, not its own relative precision.
+    """
+    largest = max(abs(v) for v in outputs.values())
+    for name, value in outputs.items():
+        np.testing.assert_allclose(row[name], value, rtol=1e-5, atol=1e-5 * largest, err_msg=name)
+
+
 @pytest.mark.slow
 def test_ray_and_local_engines_agree_and_name_every_bad_image(ray_explained, photo_folder, tmp_path):
     folder, bad = photo_folder
@@ -178,8 +189,7 @@ def test_ray_and_local_engines_agree_and_name_every_bad_image(ray_explained, pho
         row = rows[record["image"]]
         assert row["error"] is None and row["target"] == record["target"]
         np.testing.assert_allclose(row["score"], record["score"], rtol=1e-5)
-        for name, value in record["outputs"].items():
-            np.testing.assert_allclose(row[name], value, rtol=1e-5, atol=1e-9)
+        _assert_same_outputs(row, record["outputs"])
         heat = np.load(local / f"{record_file.stem}.relevance.npy").sum(axis=-1)
         assert np.abs(heats[record["image"]] - heat).max() <= 1e-3 * np.abs(heat).max()
     assert len(list(local.glob("*.json"))) == GOOD
@@ -196,8 +206,7 @@ def test_ray_and_local_engines_agree_and_name_every_bad_image(ray_explained, pho
     for record in records:
         row = scored[record["image"]]
         np.testing.assert_allclose(row["expected_age"], record["expected_age"], rtol=1e-5)
-        for key, value in record["outputs"].items():
-            np.testing.assert_allclose(row[key], value, rtol=1e-5, atol=1e-9)
+        _assert_same_outputs(row, record["outputs"])
 
 
 @pytest.mark.slow

@@ -56,7 +56,8 @@ def train_dataset(images: np.ndarray, labels: np.ndarray, batch: int, seed: int,
                                              output_signature=spec).enumerate()
     augment = lambda step, pair: (augment_batch(pair[0], augmentation, tf.stack([tf.constant(seed, tf.int64), step])),  # noqa: E731
                                   pair[1])
-    return batches.map(augment, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    # In order whatever options a strategy sets: the step's seed travels with its batch, but the step order matters.
+    return batches.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
 
 
 def center_crops(images_256: np.ndarray) -> np.ndarray:

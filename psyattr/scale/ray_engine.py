@@ -2,8 +2,9 @@
 
 Each actor is a `BatchWorker`: it frames its batch, scores or explains it and writes the batch's rows as one
 Parquet part into `--out` itself (workers write in parallel; the driver only counts). A batch that an actor
-could not finish (the actor died) is retried by Ray on a restarted actor and rewrites the same part; a rerun
-of a job that stopped skips every image that has a row already.
+could not finish (the actor died) is retried by Ray on a restarted actor and rewrites the same part (batches of
+the retried task whose parts exist are read back, not redone); a rerun of a job that stopped skips every image
+that has a row already.
 """
 
 from __future__ import annotations

@@ -84,6 +84,18 @@ def write_part(out: str | os.PathLike, rows: list[dict], table_schema) -> str:
     return name
 
 
+def read_part(out: str | os.PathLike, paths: Sequence[str]):
+    """The `path` and `error` columns of the part holding exactly `paths`, or None when it is not written yet."""
+    import pyarrow.fs
+    import pyarrow.parquet as pq
+
+    fs, root = _fs(out)
+    part = f"{root}/{part_name(paths)}"
+    if fs.get_file_info(part).type != pyarrow.fs.FileType.File:
+        return None
+    return pq.read_table(part, columns=["path", "error"], filesystem=fs)
+
+
 def _manifest_path(out: str | os.PathLike) -> tuple:
     fs, root = _fs(out)
     return fs, f"{root}/{MANIFEST}"

@@ -217,6 +217,13 @@ class BatchWorker:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Ray Data's call: rows of `paths` (each a batch of photos) in; a part written; `path`/`error` out."""
         paths = [str(p) for chunk in batch["paths"] for p in chunk]
+        # Ray reruns a whole task when its actor dies, and a task may hold batches whose parts are written
+        # already: those are read back, not computed and written again.
+        written = results.read_part(self.job.out, paths)
+        if written is not None:
+            errors = written.column("error").to_pylist()
+            return {"path": np.array(written.column("path").to_pylist(), dtype=object),
+                    "error": np.array([error or "" for error in errors], dtype=object)}
         rows = self.rows(paths)
         results.write_part(self.job.out, rows, self.schema)
         return {"path": np.array(paths, dtype=object),
