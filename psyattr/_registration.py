@@ -13,7 +13,7 @@ import importlib.abc
 import importlib.util
 import sys
 
-_MODULES = ("psyattr.models.layers", "psyattr.models.metrics")
+_MODULES = ("psyattr.models.layers", "psyattr.models.metrics", "psyattr.models.optimizers")
 
 
 def _register() -> None:

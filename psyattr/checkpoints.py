@@ -115,19 +115,36 @@ def write_history_csv(path: str | os.PathLike, history: list[Mapping[str, Any]])
     atomic_write_text(path, buffer.getvalue())
 
 
-class EpochCheckpoint(keras.callbacks.Callback):
-    """After every epoch: save the model with its optimizer, then the state and history that name it."""
+def checkpoint_name(epoch: int) -> str:
+    """The checkpoint file of `epoch` (1-based), relative to the run folder."""
+    return f"{CHECKPOINT_DIR}/epoch_{epoch:03d}.keras"
 
-    def __init__(self, run_dir: str | os.PathLike, identity: Mapping[str, Any], history: list[dict], keep: int = 0):
+
+def best_epoch(history: list[Mapping[str, Any]], monitor: str) -> int | None:
+    """The epoch with the lowest `monitor` (the first of ties), or None when no epoch recorded it."""
+    scored = [(float(row[monitor]), int(row["epoch"])) for row in history if row.get(monitor) is not None]
+    return min(scored)[1] if scored else None
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """After every epoch: save the model with its optimizer, then the state and history that name it.
+
+    With `monitor` (a metric to minimise, e.g. the validation MAE), the best epoch's checkpoint is never pruned,
+    so the run can end on its best epoch rather than its last.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, identity: Mapping[str, Any], history: list[dict], keep: int = 0,
+                 monitor: str | None = None):
         super().__init__()
         self.run_dir = Path(run_dir)
         self.identity = dict(identity)
         self.history = list(history)
         self.keep = keep
+        self.monitor = monitor
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         done = epoch + 1
-        name = f"{CHECKPOINT_DIR}/epoch_{done:03d}.keras"
+        name = checkpoint_name(done)
         atomic_save_model(self.model, self.run_dir / name)
         row = {"epoch": done, "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))}
         row.update({key: float(value) for key, value in (logs or {}).items() if key != "learning_rate"})
@@ -141,8 +158,10 @@ class EpochCheckpoint(keras.callbacks.Callback):
     def _prune(self, done: int) -> None:
         if self.keep <= 0:
             return
+        best = best_epoch(self.history, self.monitor) if self.monitor else None
         for old in range(1, done - self.keep + 1):
-            (self.run_dir / CHECKPOINT_DIR / f"epoch_{old:03d}.keras").unlink(missing_ok=True)
+            if old != best:
+                (self.run_dir / checkpoint_name(old)).unlink(missing_ok=True)
 
 
 class EpochProgress(keras.callbacks.Callback):

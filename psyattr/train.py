@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import re
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from psyattr.checkpoints import EpochCheckpoint, EpochProgress, atomic_save_model, atomic_write_text
+from psyattr.checkpoints import (EpochCheckpoint, EpochProgress, atomic_save_model, atomic_write_text, best_epoch,
+                                 checkpoint_name, read_state)
 from psyattr.data.pipeline import center_crops, train_dataset
 from psyattr.data.rated import PAPER_SCALE, RatedFaces, RatingsError
 from psyattr.data.splits import half_split
-from psyattr.distributed import Cluster, fit_distributed, strategy_scope, writes_run
+from psyattr.distributed import Cluster, DistributedError, fit_distributed, strategy_scope, writes_run
 from psyattr.faces.framing import FROM_MODEL, get_framing, resolve_framing
 from psyattr.faces.sources import frame_rated_images
 from psyattr.features import pool5_features
@@ -30,6 +32,7 @@ from psyattr.models.forward import Forward
 from psyattr.models.groups import FEATURES
 from psyattr.models.layers import AttributeScores
 from psyattr.models.loading import load_model
+from psyattr.models.optimizers import GroupSGD
 from psyattr.models.precision import dtype_policy, resolve_precision
 from psyattr.models.regressor import build_attribute_regressor, check_mode
 from psyattr.models.weights import recorded_framing
@@ -40,7 +43,15 @@ log = logging.getLogger(__name__)
 
 
 # A dense-mode epoch on cached features costs about a twelfth of a full-mode one (scripts/bench_transfer.py).
-DEFAULT_EPOCHS = {"dense": 120, "full": 30, "ridge": 1}  # ridge mode is solved in one step
+DEFAULT_EPOCHS = {"dense": 120, "full": 15, "ridge": 1}  # ridge mode is solved in one step
+# Dense and full mode hold out this share of the training faces to pick their best epoch (never a test face).
+VALIDATION_FRACTION = 0.1
+MIN_VALIDATION_FACES = 5  # fewer make the pick a coin toss: such small runs keep their last epoch
+MONITOR = "validation_mae"
+# Full mode: conv1..conv3 step at this fraction of the learning rate of fc6..the head.
+FEATURE_LR_SCALE = 0.1
+WARMUP_DIR = "warmup"
+WARMUP_WAIT = 3600.0  # seconds the other workers of a cluster wait for the chief's warm-up
 
 
 @dataclasses.dataclass
@@ -58,11 +69,22 @@ class TrainConfig:
     precision: str = "auto"
     framing: str | None = None  # how photos are framed; None: the base net's own framing
     dropout: float = 0.5  # of drop6 and drop7 while training (Levi & Hassner's)
+    validation: float = VALIDATION_FRACTION  # share of the training faces that picks the best epoch (0: the last)
+    feature_lr_scale: float = FEATURE_LR_SCALE  # full mode: the conv layers' share of the learning rate
+    warmup_epochs: int | None = None  # full mode: dense-mode epochs of fc6..the head first (None: dense's default)
 
     def __post_init__(self) -> None:
         check_mode(self.mode)
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0 <= self.validation < 0.5:
+            raise ValueError(f"validation must be a share of the training faces in [0, 0.5), got {self.validation}")
+        if not 0 <= self.feature_lr_scale <= 1:
+            raise ValueError(f"feature_lr_scale must be in [0, 1], got {self.feature_lr_scale}")
+        if self.warmup_epochs is None:
+            self.warmup_epochs = DEFAULT_EPOCHS["dense"]
+        if self.warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
         if self.framing is not None:
             get_framing(self.framing)
         if self.epochs is None:
@@ -78,6 +100,18 @@ def split_halves(data: RatedFaces, seed: int) -> dict[str, np.ndarray]:
     """The paper's seeded 50/50 split over all faces of the data set (the same for every attribute)."""
     train, test = half_split(len(data), seed)
     return {"train": train, "test": test}
+
+
+def validation_slice(count: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the training faces to fit on and of the validation slice, seeded; no slice when it would
+    hold fewer than MIN_VALIDATION_FACES faces."""
+    size = int(round(fraction * count))
+    everything = np.arange(count)
+    if size < MIN_VALIDATION_FACES or count - size < 2:
+        return everything, everything[:0]
+    # Its own stream of the seed: the slice does not change when the split's draw does.
+    order = np.random.default_rng([seed, 7]).permutation(count)
+    return np.sort(order[size:]), np.sort(order[:size])
 
 
 def _valid_targets(data: RatedFaces, columns: Sequence[str], index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -136,9 +170,10 @@ class SplitMAE(keras.callbacks.Callback):
                     logs[f"{name}_mae_{column}"] = float(errors[:, k].mean())
 
 
-def _compile(model: keras.Model, config: TrainConfig, jit_compile: bool | str = "auto") -> None:
+def _compile(model: keras.Model, config: TrainConfig, jit_compile: bool | str = "auto",
+             group_scales: dict[str, float] | None = None) -> None:
     model.compile(
-        optimizer=keras.optimizers.SGD(config.learning_rate, momentum=config.momentum, nesterov=True),
+        optimizer=GroupSGD(config.learning_rate, momentum=config.momentum, nesterov=True, group_scales=group_scales),
         loss="mse",
         metrics=["mae"],
         jit_compile=jit_compile,
@@ -172,6 +207,7 @@ def train_regressor(
     only), every worker trains on its share of each global batch and the chief alone writes `run_dir`; the
     other workers return no metrics.
     """
+    started = time.perf_counter()
     run_dir = Path(run_dir)
     if cluster is not None and config.mode != "full":
         raise ValueError("multi-worker training is for full mode: dense mode trains a small head on cached features "
@@ -202,43 +238,91 @@ def train_regressor(
         raise RatingsError(f"too few usable faces for {', '.join(columns)}: {len(train_index)} train, "
                            f"{len(test_index)} test (of {len(data)} faces, {len(data) - len(kept)} could not be "
                            "framed; see the warnings above for each one's reason)")
+    # Ridge mode picks its penalty by leave-one-out over every training face; the others pick an epoch.
+    fit_at, val_at = validation_slice(len(train_index), 0.0 if config.mode == "ridge" else config.validation,
+                                      config.seed)
+    val_index, val_y = train_index[val_at], train_y[val_at]
+    train_index, train_y = train_index[fit_at], train_y[fit_at]
     notes = [n for n in (data.note(a) for a in config.attributes) if n]
     if state is None and writer:
         run = Run.start(run_dir, {"kind": "train", **dataclasses.asdict(config), "framing": framing.to_json(),
                                   "columns": columns, "data": data_spec or {"name": data.name}, "dataset": data.name,
                                   "scale": data.scale, "notes": notes, "problems": data.problems}, identity)
-        run.write_split({"train": [data.ids[i] for i in train_index], "test": [data.ids[i] for i in test_index]})
-    train_images = images[[position[i] for i in train_index]]
-    test_images = images[[position[i] for i in test_index]]
-    test_crops = center_crops(test_images)
-    log.info("%s: %d train / %d test faces for %s (%s framing)", data.name, len(train_index), len(test_index),
-             ", ".join(columns), framing.name)
+        parts = {"train": train_index, "validation": val_index, "test": test_index}
+        run.write_split({name: [data.ids[i] for i in index] for name, index in parts.items() if len(index)})
+    log.info("%s: %d train%s / %d test faces for %s (%s framing)", data.name, len(train_index),
+             f" + {len(val_index)} validation" if len(val_index) else "", len(test_index), ", ".join(columns),
+             framing.name)
 
     def make_regressor() -> keras.Model:
         return build_attribute_regressor(base, columns, [data.scale] * len(columns), config.mode,
                                          initial_scores=train_y.mean(axis=0), framing=framing.to_json(),
                                          dropout=config.dropout)
 
+    faces = TrainingFaces(images, [position[i] for i in train_index], train_y, [position[i] for i in val_index],
+                          val_y, [position[i] for i in test_index], test_y)
     regressor = make_regressor()
-    if config.mode in ("dense", "ridge"):
+    warming = config.mode == "full" and config.warmup_epochs and state is None and writer
+    if config.mode in ("dense", "ridge") or warming:
         # The frozen features of every framed face, computed once and cached by weights and pixels: the 50/50
-        # split and each fold of a cross-validation then share them. Mirror images as full mode's augmentation.
-        center, mirrored = pool5_features(feature_model(regressor), images, cache_dir, progress)
-        train_at, test_at = [position[i] for i in train_index], [position[i] for i in test_index]
-        features = (center[train_at], mirrored[train_at], center[test_at])
+        # split, each fold of a cross-validation and full mode's warm-up then share them. Mirror images as
+        # full mode's augmentation.
+        faces.features = pool5_features(feature_model(regressor), images, cache_dir, progress)
     if config.mode == "ridge":
-        trained = _fit_ridge(regressor, features, train_y, run_dir)
+        trained = _fit_ridge(regressor, faces, run_dir)
     elif config.mode == "dense":
-        trained = _fit_dense(features, train_y, test_y, run_dir, config, identity, state, progress, keep_checkpoints,
-                             regressor)
+        trained = _fit_dense(faces, run_dir, config, identity, state, progress, keep_checkpoints, regressor)
     else:
-        trained = _fit_full(make_regressor, train_images, train_y, test_crops, test_y, run_dir, config, identity,
-                            state, progress, keep_checkpoints, cluster)
+        trained = _fit_full(make_regressor, faces, run_dir, config, identity, state, progress, keep_checkpoints,
+                            cluster)
     if not writer:
         return {}
     copy_weights(trained, regressor)
     atomic_save_model(regressor, run_dir / "model.keras")
-    return evaluate_run(regressor, data, run_dir, columns, train_y, test_index, test_crops, test_y, data_spec)
+    # The wall time of this call: a resumed run counts only the part that finished it.
+    return evaluate_run(regressor, data, run_dir, columns, train_y, test_index, faces.crops("test"), test_y, data_spec,
+                        {"seconds": round(time.perf_counter() - started, 1)})
+
+
+@dataclasses.dataclass
+class TrainingFaces:
+    """A run's framed faces by part: positions into `images` and the targets of the fit, validation and test faces."""
+
+    images: np.ndarray  # every framed face, (N, 256, 256, 3) uint8
+    train_at: list[int]
+    train_y: np.ndarray
+    val_at: list[int]
+    val_y: np.ndarray
+    test_at: list[int]
+    test_y: np.ndarray
+    features: tuple[np.ndarray, np.ndarray] | None = None  # pool5 of every face and of its mirror image
+    _crops: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    @property
+    def has_validation(self) -> bool:
+        """Whether a validation slice picks the best epoch."""
+        return len(self.val_at) > 0
+
+    def _parts(self) -> dict[str, tuple[list[int], np.ndarray]]:
+        parts = {"train": (self.train_at, self.train_y), "test": (self.test_at, self.test_y)}
+        if self.has_validation:
+            parts["validation"] = (self.val_at, self.val_y)
+        return parts
+
+    def crops(self, part: str) -> np.ndarray:
+        """The centre crops (model input) of one part's faces, made once."""
+        if part not in self._crops:
+            self._crops[part] = center_crops(self.images[self._parts()[part][0]])
+        return self._crops[part]
+
+    def image_splits(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Each part's centre crops and targets, for the per-epoch MAE of a whole net."""
+        return {name: (self.crops(name), y) for name, (_, y) in self._parts().items()}
+
+    def feature_splits(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Each part's pool5 features and targets, for the per-epoch MAE of a head."""
+        center = self.features[0]
+        return {name: (center[at], y) for name, (at, y) in self._parts().items()}
 
 
 def feature_dataset(center: np.ndarray, mirrored: np.ndarray, targets: np.ndarray, batch: int, seed: int
@@ -246,14 +330,36 @@ def feature_dataset(center: np.ndarray, mirrored: np.ndarray, targets: np.ndarra
     """Shuffled batches of cached features: each face once per epoch, its mirror image's features half the time."""
     data = tf.data.Dataset.from_tensor_slices((center, mirrored, targets))
     data = data.shuffle(len(targets), seed=seed, reshuffle_each_iteration=True)
-    # Like the random mirroring of full-mode training, drawn per face and epoch.
-    pick = lambda c, m, y: (tf.where(tf.random.uniform(()) < 0.5, c, m), y)  # noqa: E731
-    return data.map(pick, num_parallel_calls=tf.data.AUTOTUNE).batch(batch).prefetch(tf.data.AUTOTUNE)
+    # Like the random mirroring of full-mode training, drawn per face and epoch from the seed alone, so that two
+    # processes (the workers of one run) draw the same.
+    coins = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    pick = lambda row, coin: (tf.where(coin % 2 == 0, row[0], row[1]), row[2])  # noqa: E731
+    return tf.data.Dataset.zip(data, coins).map(pick).batch(batch).prefetch(tf.data.AUTOTUNE)
 
 
-def _fit_dense(features, train_y, test_y, run_dir, config, identity, state, progress, keep, regressor
-               ) -> keras.Model:
-    train_center, train_mirrored, test_center = features
+def _best_of_run(run_dir: Path, model: keras.Model, monitor: str | None) -> keras.Model:
+    """The run's model at its best epoch by `monitor` (its last epoch where nothing is monitored)."""
+    if monitor is None:
+        return model
+    state = read_state(run_dir)
+    best = best_epoch(state["history"], monitor)
+    if best is None or best == state["epoch"]:
+        return model
+    log.info("%s: epoch %d of %d has the lowest %s", run_dir.name, best, state["epoch"], monitor)
+    return keras.models.load_model(run_dir / checkpoint_name(best))
+
+
+def _best_score(run_dir: Path, monitor: str) -> float | None:
+    state = read_state(run_dir)
+    best = best_epoch(state["history"], monitor) if state else None
+    return None if best is None else float(next(r[monitor] for r in state["history"] if r["epoch"] == best))
+
+
+def _fit_dense(faces: TrainingFaces, run_dir: Path, config: TrainConfig, identity: dict, state: dict | None,
+               progress: bool, keep: int, regressor: keras.Model, epochs: int | None = None,
+               description: str | None = None) -> keras.Model:
+    center, mirrored = faces.features
+    epochs = epochs or config.epochs
     if state is None:
         model = head_model(regressor)
         _compile(model, config, jit_compile=True)  # the small head trains about 1.6x faster under XLA
@@ -261,67 +367,106 @@ def _fit_dense(features, train_y, test_y, run_dir, config, identity, state, prog
     else:
         model = keras.models.load_model(run_dir / state["checkpoint"])
         initial_epoch, history = int(state["epoch"]), state["history"]
-    evaluation = SplitMAE({"train": (train_center, train_y), "test": (test_center, test_y)}, config.batch_size,
-                          identity["attributes"])
-    callbacks = [evaluation, EpochCheckpoint(run_dir, identity, history, keep=keep)]
+    monitor = MONITOR if faces.has_validation else None
+    evaluation = SplitMAE(faces.feature_splits(), config.batch_size, identity["attributes"])
+    callbacks = [evaluation, EpochCheckpoint(run_dir, identity, history, keep=keep, monitor=monitor)]
     if progress:  # after the checkpoint, so that the bar never runs ahead of what is saved
-        callbacks.append(EpochProgress(config.epochs, initial_epoch, f"training {run_dir.name}"))
-    if initial_epoch < config.epochs:
-        model.fit(feature_dataset(train_center, train_mirrored, train_y, config.batch_size, config.seed + initial_epoch),
-                  epochs=config.epochs, initial_epoch=initial_epoch, callbacks=callbacks, shuffle=False,
+        callbacks.append(EpochProgress(epochs, initial_epoch, description or f"training {run_dir.name}"))
+    if initial_epoch < epochs:
+        model.fit(feature_dataset(center[faces.train_at], mirrored[faces.train_at], faces.train_y, config.batch_size,
+                                  config.seed + initial_epoch),
+                  epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks, shuffle=False,
                   verbose=0 if progress else 2)
-    return model
+    return _best_of_run(run_dir, model, monitor)
 
 
-def _fit_ridge(regressor, features, train_y, run_dir) -> keras.Model:
+def _fit_ridge(regressor: keras.Model, faces: TrainingFaces, run_dir: Path) -> keras.Model:
     from psyattr.ridge import fit_ridge, root_features
 
-    train_center, train_mirrored, _ = features
+    center, mirrored = faces.features
     # The head learns from the mean of each face's features and its mirror image's.
-    fit = fit_ridge(root_features((train_center + train_mirrored) / 2, regressor.get_layer("root").offset), train_y)
+    fit = fit_ridge(root_features((center[faces.train_at] + mirrored[faces.train_at]) / 2,
+                                  regressor.get_layer("root").offset), faces.train_y)
     regressor.get_layer("fc8").set_weights([fit.kernel.astype(np.float32), fit.bias.astype(np.float32)])
     columns = regressor.get_layer("scores").output_names
     record = {c: {"penalty": p, "loo_mse": e} for c, p, e in zip(columns, fit.penalties, fit.loo_mse)}
     atomic_write_text(run_dir / "ridge.json", json.dumps(record, indent=2))
-    log.info("ridge penalties (leave-one-out over %d training faces): %s", len(train_y),
+    log.info("ridge penalties (leave-one-out over %d training faces): %s", len(faces.train_y),
              ", ".join(f"{c} {p:g}" for c, p in zip(columns, fit.penalties)))
     return regressor
 
 
-def _fit_full(make_regressor, train_images, train_y, test_crops, test_y, run_dir, config, identity, state, progress,
-              keep, cluster=None) -> keras.Model:
+def _warm_up(make_regressor, faces: TrainingFaces, run_dir: Path, config: TrainConfig, identity: dict, progress: bool,
+             keep: int, cluster: Cluster | None) -> keras.Model:
+    """fc6..the head trained as dense mode trains them (its own resumable run in `warmup/`, best epoch by the
+    validation slice): where the whole net starts, so that the new head's first large errors never reach the
+    pretrained features."""
+    folder = run_dir / WARMUP_DIR
+    done = folder / "model.keras"
+    if writes_run(cluster):
+        if not done.exists():
+            head = _fit_dense(faces, folder, config, {**identity, "stage": WARMUP_DIR}, read_state(folder), progress,
+                              keep, make_regressor(), config.warmup_epochs, f"warming up the head of {run_dir.name}")
+            atomic_save_model(head, done)
+    else:
+        # The other workers start from the chief's warm-up: the very same weights, not a recomputation.
+        deadline = time.monotonic() + WARMUP_WAIT
+        while not done.exists():
+            if time.monotonic() > deadline:
+                raise DistributedError(f"worker {cluster.index} of {cluster.workers}: the chief wrote no {done} within "
+                                       f"{WARMUP_WAIT:g} s; start every worker again with --resume")
+            time.sleep(1.0)
+    return keras.models.load_model(done)
+
+
+def _fit_full(make_regressor, faces: TrainingFaces, run_dir: Path, config: TrainConfig, identity: dict,
+              state: dict | None, progress: bool, keep: int, cluster: Cluster | None = None) -> keras.Model:
     precision = resolve_precision(config.precision)
+    warm = None
+    if state is None and config.warmup_epochs:
+        warm = _warm_up(make_regressor, faces, run_dir, config, identity, progress, keep, cluster)
     with dtype_policy(precision), strategy_scope(cluster):
         if state is None:
             model = make_regressor()  # built under the training precision
-            _compile(model, config)
+            if warm is not None:
+                copy_weights(warm, model)
+            _compile(model, config, group_scales={"features": config.feature_lr_scale})
             initial_epoch, history = 0, []
         else:
             model = keras.models.load_model(run_dir / state["checkpoint"])
             initial_epoch, history = int(state["epoch"]), state["history"]
+    monitor = MONITOR if faces.has_validation else None
     callbacks: list[keras.callbacks.Callback] = []
     if writes_run(cluster):
-        callbacks += [SplitMAE({"train": (center_crops(train_images), train_y), "test": (test_crops, test_y)},
-                               config.batch_size, identity["attributes"]),
-                      EpochCheckpoint(run_dir, identity, history, keep=keep)]
+        callbacks += [SplitMAE(faces.image_splits(), config.batch_size, identity["attributes"]),
+                      EpochCheckpoint(run_dir, identity, history, keep=keep, monitor=monitor)]
         if progress:
             callbacks.append(EpochProgress(config.epochs, initial_epoch, f"training {run_dir.name}"))
-    if initial_epoch >= config.epochs:
+    if initial_epoch < config.epochs:
+        train_images = faces.images[faces.train_at]
+        steps = math.ceil(len(train_images) / config.batch_size)
+        batches = lambda: train_dataset(train_images, faces.train_y, config.batch_size,  # noqa: E731
+                                        config.seed + initial_epoch)
+        if cluster is not None:
+            fit_distributed(model, cluster, batches, keras.losses.mean_squared_error, steps, config.epochs,
+                            initial_epoch, callbacks)
+        else:
+            model.fit(batches(), steps_per_epoch=steps, epochs=config.epochs, initial_epoch=initial_epoch,
+                      shuffle=False, callbacks=callbacks, verbose=0 if progress else 2)
+    if not writes_run(cluster) or monitor is None:
         return model
-    steps = math.ceil(len(train_images) / config.batch_size)
-    batches = lambda: train_dataset(train_images, train_y, config.batch_size, config.seed + initial_epoch)  # noqa: E731
-    if cluster is not None:
-        fit_distributed(model, cluster, batches, keras.losses.mean_squared_error, steps, config.epochs, initial_epoch,
-                        callbacks)
-    else:
-        model.fit(batches(), steps_per_epoch=steps, epochs=config.epochs, initial_epoch=initial_epoch, shuffle=False,
-                  callbacks=callbacks, verbose=0 if progress else 2)
-    return model
+    # The warm start competes too: when no epoch of the whole net beats it on the validation slice, it is kept.
+    warm_score = _best_score(run_dir / WARMUP_DIR, monitor) if config.warmup_epochs else None
+    if warm_score is not None and warm_score <= _best_score(run_dir, monitor):
+        log.info("%s: no epoch of the whole net beat the warmed-up head on the validation slice; keeping that",
+                 run_dir.name)
+        return keras.models.load_model(run_dir / WARMUP_DIR / "model.keras")
+    return _best_of_run(run_dir, model, monitor)
 
 
 def evaluate_run(model: keras.Model, data: RatedFaces, out_dir: Path, columns: Sequence[str], train_y: np.ndarray,
                  test_index: np.ndarray, test_crops: np.ndarray, test_y: np.ndarray,
-                 data_spec: dict[str, Any] | None = None) -> dict[str, Any]:
+                 data_spec: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Score the test half per attribute; write metrics.json and predictions.csv into `out_dir`.
 
     Where the data set has single ratings (OMI), each attribute's raters' split-half r over the same test
@@ -332,7 +477,7 @@ def evaluate_run(model: keras.Model, data: RatedFaces, out_dir: Path, columns: S
     out_dir.mkdir(parents=True, exist_ok=True)
     predicted = Forward(model, 32)(test_crops)
     metrics: dict[str, Any] = {"dataset": data.name, "scale": list(data.scale), "test_count": int(len(test_y)),
-                               "attributes": {}}
+                               **(extra or {}), "attributes": {}}
     ceiling = ceilings(data_spec, columns, [data.ids[i] for i in test_index])
     for k, column in enumerate(columns):
         scores = regression_scores(test_y[:, k], predicted[:, k], float(train_y[:, k].mean()), data.scale)
@@ -389,8 +534,10 @@ def evaluate_saved_run(run_dir: str | os.PathLike, data: RatedFaces | None = Non
     images, kept = frame_rated_images(data, framing, test_index, cache_dir, progress=False)
     if len(kept) == 0:
         raise RatingsError(f"none of the {len(test_index)} test images of {data.name} could be framed")
+    # Re-scoring does not retrain: the training time of the run's own metrics stays.
+    trained = {"seconds": run.metrics["seconds"]} if own_data and "seconds" in (run.metrics or {}) else None
     return evaluate_run(model, data, out_dir, columns, train_y, test_index[kept], center_crops(images), test_y[kept],
-                        data_spec)
+                        data_spec, trained)
 
 
 def evaluation_dir(run_dir: str | os.PathLike, data: RatedFaces | None = None) -> Path:

@@ -1,14 +1,16 @@
 #!/usr/bin/env python
 """How close the fine-tuned models come to people: Pearson r as a fraction of the raters' split-half r.
 
-Runs a grid on OMI (ridge mode by default; `--modes dense` for the paper's SGD recipe, far slower) twice, with
+Runs a grid on OMI (ridge mode by default; `--modes dense,full` for the paper's fine-tuning, far slower) with
 the paper's seeded 50/50 split and with 10-fold cross-validation (every face predicted once by a model that did
 not train on it), for attractive, happy, confident (dominant), intelligent (smart) and trustworthy on both base
-nets. Both grids resume where they stopped and reuse the cached
-features. Prints per attribute and base: r [95 % CI], the ceiling (the raters' split-half r on the same faces),
-r / ceiling, R^2 and Spearman; then the time per fold. Usage:
+nets. Both grids resume where they stopped and reuse the cached features. Prints per attribute and base: r
+[95 % CI], the ceiling (the raters' split-half r on the same faces), r / ceiling, R^2 and Spearman; the time per
+run and per fold; and, where dense and full mode both ran, in how many base/attribute pairs full mode's r is at
+least dense mode's. Usage:
 
-    python scripts/bench_agreement.py [--out bench_agreement] [--folds 10] [--modes ridge,dense] [--epochs-dense 120]
+    python scripts/bench_agreement.py [--out bench_agreement] [--folds 10] [--modes ridge,dense,full]
+                                      [--protocols split,cv] [--epochs-dense 120] [--epochs-full 15]
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=10)
     parser.add_argument("--modes", default="ridge")
     parser.add_argument("--epochs-dense", type=int, default=120)
-    parser.add_argument("--epochs-full", type=int, default=30)
+    parser.add_argument("--epochs-full", type=int, default=15)
+    parser.add_argument("--protocols", default="split,cv", help="split (the 50/50 split), cv (K-fold), or both")
+    parser.add_argument("--attributes", default=",".join(ATTRIBUTES))
     parser.add_argument("--cache-dir", type=Path, help="[default: $PSYATTR_CACHE_DIR or ~/.cache/psyattr]")
     args = parser.parse_args()
     from psyattr.data.rated import read_rated
@@ -38,10 +42,11 @@ def main() -> None:
     data = read_rated("omi", spec["path"])
     epochs = {"dense": args.epochs_dense, "full": args.epochs_full}
     timings = {}
-    for label, folds in (("50/50 split", None), (f"{args.folds}-fold CV", args.folds)):
+    protocols = {"split": ("50/50 split", None), "cv": (f"{args.folds}-fold CV", args.folds)}
+    for label, folds in (protocols[name] for name in args.protocols.split(",")):
         out = args.out / ("split" if folds is None else f"cv{folds}")
         started = time.perf_counter()
-        run_grid(data, out, spec, modes=args.modes.split(","), attributes=ATTRIBUTES, epochs=epochs,
+        run_grid(data, out, spec, modes=args.modes.split(","), attributes=args.attributes.split(","), epochs=epochs,
                  cache_dir=args.cache_dir, progress=False, cv=folds)
         timings[label] = time.perf_counter() - started
         runs = collect_runs(out)
@@ -59,6 +64,29 @@ def main() -> None:
             if per_fold:
                 print(f"time per fold ({args.modes}): {sum(per_fold) / len(per_fold):.1f} s mean over {len(per_fold)} "
                       "cross-validations trained in this run")
+        else:
+            for mode in args.modes.split(","):
+                seconds = [run.metrics["seconds"] for run in runs if run.config.get("mode") == mode
+                           and run.metrics.get("seconds")]
+                if seconds:
+                    print(f"time per {mode} run: {sum(seconds) / len(seconds):.0f} s mean over {len(seconds)} runs")
+        compare_modes(table_rows(runs))
+
+
+def compare_modes(rows: list[dict]) -> None:
+    """Print full mode's r against dense mode's for each base/attribute pair that has both."""
+    by_pair: dict[tuple[str, str], dict[str, float]] = {}
+    for r in rows:
+        by_pair.setdefault((r["base"], r["attribute"]), {})[r["mode"]] = r["pearson_r"]
+    pairs = {pair: modes for pair, modes in by_pair.items() if {"dense", "full"} <= set(modes)}
+    if not pairs:
+        return
+    print("\nfull vs dense mode, Pearson r:")
+    for (base, attribute), modes in sorted(pairs.items()):
+        print(f"  {base:6s} {attribute:24s} dense {modes['dense']:.3f}  full {modes['full']:.3f}  "
+              f"({modes['full'] - modes['dense']:+.3f})")
+    wins = sum(modes["full"] >= modes["dense"] for modes in pairs.values())
+    print(f"full >= dense in {wins} of {len(pairs)} pairs")
 
 
 if __name__ == "__main__":

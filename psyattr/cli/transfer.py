@@ -21,7 +21,13 @@ from psyattr.cli.options import (RatedDataSpec, distributed_option, dropout_opti
               help="Attribute to learn (repeat for several): a column, or attractive/happy/confident/intelligent.")
 @rated_options
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run folder.")
-@click.option("--epochs", type=click.IntRange(1), help="[default: 120 in dense mode, 30 in full mode]")
+@click.option("--epochs", type=click.IntRange(1), help="[default: 120 in dense mode, 15 in full mode]")
+@click.option("--validation", type=click.FloatRange(0, 0.5, max_open=True), default=0.1, show_default=True,
+              help="Share of the training faces held out to pick the best epoch (dense, full); 0 keeps the last.")
+@click.option("--warmup-epochs", type=click.IntRange(0), default=120, show_default=True,
+              help="Full mode: dense-mode epochs of fc6..the head before the whole net moves (0: none).")
+@click.option("--feature-lr-scale", type=click.FloatRange(0, 1), default=0.1, show_default=True,
+              help="Full mode: the conv layers' share of the learning rate.")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--learning-rate", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the 50/50 split and training.")
@@ -35,8 +41,9 @@ from psyattr.cli.options import (RatedDataSpec, distributed_option, dropout_opti
 @distributed_option
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), envvar="PSYATTR_CACHE_DIR")
 @click.option("--progress/--no-progress", default=True)
-def train(base, mode, attributes, data_spec, scale, image_column, out, epochs, batch_size, learning_rate, seed, framing,
-          resume, folds, dropout, precision, distributed, join_timeout, cache_dir, progress) -> None:
+def train(base, mode, attributes, data_spec, scale, image_column, out, epochs, validation, warmup_epochs,
+          feature_lr_scale, batch_size, learning_rate, seed, framing, resume, folds, dropout, precision, distributed,
+          join_timeout, cache_dir, progress) -> None:
     """Fine-tune a base net to human ratings (the paper's SGD, Nesterov momentum, 50/50 split or --cv K folds)."""
     cluster = start_cluster(distributed, join_timeout)  # before TensorFlow does anything else in this process
     from psyattr.checkpoints import ResumeError
@@ -50,7 +57,8 @@ def train(base, mode, attributes, data_spec, scale, image_column, out, epochs, b
         spec, data = load_rated(data_spec, scale, image_column)
         config = TrainConfig(base, mode, list(attributes), epochs=epochs, batch_size=batch_size,
                              learning_rate=learning_rate, seed=seed, framing=framing, dropout=dropout,
-                             precision=precision)
+                             precision=precision, validation=validation, warmup_epochs=warmup_epochs,
+                             feature_lr_scale=feature_lr_scale)
         if folds is not None and cluster is not None:
             raise ValueError("--cv runs its folds one after another on one worker: run it without TF_CONFIG")
         if folds is not None:
@@ -83,7 +91,7 @@ def train(base, mode, attributes, data_spec, scale, image_column, out, epochs, b
 @click.option("--modes", default="dense,full", show_default=True, help="Comma-separated modes.")
 @click.option("--attributes", default="attractive,happy,confident,intelligent", show_default=True)
 @click.option("--epochs-dense", type=click.IntRange(1), default=120, show_default=True)
-@click.option("--epochs-full", type=click.IntRange(1), default=30, show_default=True)
+@click.option("--epochs-full", type=click.IntRange(1), default=15, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @framing_option("How each photo is framed [default: each base net's own framing].")
 @click.option("--table-only", is_flag=True, help="Only rewrite Table 1 and Fig. 3 from the finished runs.")
