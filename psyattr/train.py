@@ -51,6 +51,7 @@ MONITOR = "validation_mae"
 # Full mode: conv1..conv3 step at this fraction of the learning rate of fc6..the head.
 FEATURE_LR_SCALE = 0.1
 WARMUP_DIR = "warmup"
+SCHEDULES = ("cosine", "constant")
 WARMUP_WAIT = 3600.0  # seconds the other workers of a cluster wait for the chief's warm-up
 
 
@@ -72,6 +73,8 @@ class TrainConfig:
     validation: float = VALIDATION_FRACTION  # share of the training faces that picks the best epoch (0: the last)
     feature_lr_scale: float = FEATURE_LR_SCALE  # full mode: the conv layers' share of the learning rate
     warmup_epochs: int | None = None  # full mode: dense-mode epochs of fc6..the head first (None: dense's default)
+    schedule: str = "constant"  # the learning rate over a stage's epochs: "constant" (paper's) or "cosine" (to 0)
+    full_learning_rate: float | None = None  # full mode after a warm-up: fc6..the head's rate (None: a tenth of it)
 
     def __post_init__(self) -> None:
         check_mode(self.mode)
@@ -81,6 +84,8 @@ class TrainConfig:
             raise ValueError(f"validation must be a share of the training faces in [0, 0.5), got {self.validation}")
         if not 0 <= self.feature_lr_scale <= 1:
             raise ValueError(f"feature_lr_scale must be in [0, 1], got {self.feature_lr_scale}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}: expected {' or '.join(SCHEDULES)}")
         if self.warmup_epochs is None:
             self.warmup_epochs = DEFAULT_EPOCHS["dense"]
         if self.warmup_epochs < 0:
@@ -100,6 +105,26 @@ def split_halves(data: RatedFaces, seed: int) -> dict[str, np.ndarray]:
     """The paper's seeded 50/50 split over all faces of the data set (the same for every attribute)."""
     train, test = half_split(len(data), seed)
     return {"train": train, "test": test}
+
+
+def learning_rate_at(config: TrainConfig, rate: float, epoch: int, epochs: int) -> float:
+    """The learning rate of `epoch` (0-based) of a stage of `epochs` that starts at `rate`: constant, or a cosine
+    down towards 0."""
+    if config.schedule == "constant":
+        return rate
+    return rate * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+
+
+def _schedule(config: TrainConfig, rate: float, epochs: int) -> keras.callbacks.Callback:
+    # A function of the epoch alone, so that a resumed run goes on where it stopped.
+    return keras.callbacks.LearningRateScheduler(lambda epoch: learning_rate_at(config, rate, epoch, epochs))
+
+
+def whole_net_rate(config: TrainConfig) -> float:
+    """Full mode's learning rate of fc6..the head: after a warm-up, gentler than the head's own training."""
+    if not config.warmup_epochs:
+        return config.learning_rate
+    return config.full_learning_rate if config.full_learning_rate is not None else config.learning_rate / 10
 
 
 def validation_slice(count: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -280,8 +305,11 @@ def train_regressor(
     copy_weights(trained, regressor)
     atomic_save_model(regressor, run_dir / "model.keras")
     # The wall time of this call: a resumed run counts only the part that finished it.
+    extra = {"seconds": round(time.perf_counter() - started, 1)}
+    if faces.has_validation:
+        extra["selected"] = selection(run_dir)
     return evaluate_run(regressor, data, run_dir, columns, train_y, test_index, faces.crops("test"), test_y, data_spec,
-                        {"seconds": round(time.perf_counter() - started, 1)})
+                        extra)
 
 
 @dataclasses.dataclass
@@ -355,12 +383,34 @@ def _best_score(run_dir: Path, monitor: str) -> float | None:
     return None if best is None else float(next(r[monitor] for r in state["history"] if r["epoch"] == best))
 
 
+def selection(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """Which model a run with a validation slice kept: the stage ("head", "warm-up" or "whole net"), its epoch and
+    its validation MAE; None for a run without one."""
+    run_dir = Path(run_dir)
+    state = read_state(run_dir)
+    best = best_epoch(state["history"], MONITOR) if state else None
+    if best is None:
+        return None
+    full = Run.open(run_dir).config.get("mode") == "full"
+    chosen = {"stage": "whole net" if full else "head", "epoch": best,
+              MONITOR: _best_score(run_dir, MONITOR)}
+    warm = _best_score(run_dir / WARMUP_DIR, MONITOR)
+    # The warm start competes too: when no epoch of the whole net beats it on the validation slice, it is kept.
+    if warm is not None and warm <= chosen[MONITOR]:
+        chosen = {"stage": "warm-up", "epoch": best_epoch(read_state(run_dir / WARMUP_DIR)["history"], MONITOR),
+                  MONITOR: warm}
+    return chosen
+
+
 def _fit_dense(faces: TrainingFaces, run_dir: Path, config: TrainConfig, identity: dict, state: dict | None,
                progress: bool, keep: int, regressor: keras.Model, epochs: int | None = None,
                description: str | None = None) -> keras.Model:
     center, mirrored = faces.features
     epochs = epochs or config.epochs
     if state is None:
+        # Seeded (dropout masks included): the same faces and config give the same head, so a full-mode run's
+        # warm-up is exactly the dense-mode run of its cell.
+        keras.utils.set_random_seed(config.seed)
         model = head_model(regressor)
         _compile(model, config, jit_compile=True)  # the small head trains about 1.6x faster under XLA
         initial_epoch, history = 0, []
@@ -369,7 +419,8 @@ def _fit_dense(faces: TrainingFaces, run_dir: Path, config: TrainConfig, identit
         initial_epoch, history = int(state["epoch"]), state["history"]
     monitor = MONITOR if faces.has_validation else None
     evaluation = SplitMAE(faces.feature_splits(), config.batch_size, identity["attributes"])
-    callbacks = [evaluation, EpochCheckpoint(run_dir, identity, history, keep=keep, monitor=monitor)]
+    callbacks = [_schedule(config, config.learning_rate, epochs), evaluation,
+                 EpochCheckpoint(run_dir, identity, history, keep=keep, monitor=monitor)]
     if progress:  # after the checkpoint, so that the bar never runs ahead of what is saved
         callbacks.append(EpochProgress(epochs, initial_epoch, description or f"training {run_dir.name}"))
     if initial_epoch < epochs:
@@ -436,7 +487,8 @@ def _fit_full(make_regressor, faces: TrainingFaces, run_dir: Path, config: Train
             model = keras.models.load_model(run_dir / state["checkpoint"])
             initial_epoch, history = int(state["epoch"]), state["history"]
     monitor = MONITOR if faces.has_validation else None
-    callbacks: list[keras.callbacks.Callback] = []
+    # Every worker steps the learning rate.
+    callbacks: list[keras.callbacks.Callback] = [_schedule(config, whole_net_rate(config), config.epochs)]
     if writes_run(cluster):
         callbacks += [SplitMAE(faces.image_splits(), config.batch_size, identity["attributes"]),
                       EpochCheckpoint(run_dir, identity, history, keep=keep, monitor=monitor)]
@@ -455,9 +507,7 @@ def _fit_full(make_regressor, faces: TrainingFaces, run_dir: Path, config: Train
                       shuffle=False, callbacks=callbacks, verbose=0 if progress else 2)
     if not writes_run(cluster) or monitor is None:
         return model
-    # The warm start competes too: when no epoch of the whole net beats it on the validation slice, it is kept.
-    warm_score = _best_score(run_dir / WARMUP_DIR, monitor) if config.warmup_epochs else None
-    if warm_score is not None and warm_score <= _best_score(run_dir, monitor):
+    if selection(run_dir)["stage"] == "warm-up":
         log.info("%s: no epoch of the whole net beat the warmed-up head on the validation slice; keeping that",
                  run_dir.name)
         return keras.models.load_model(run_dir / WARMUP_DIR / "model.keras")
@@ -535,7 +585,7 @@ def evaluate_saved_run(run_dir: str | os.PathLike, data: RatedFaces | None = Non
     if len(kept) == 0:
         raise RatingsError(f"none of the {len(test_index)} test images of {data.name} could be framed")
     # Re-scoring does not retrain: the training time of the run's own metrics stays.
-    trained = {"seconds": run.metrics["seconds"]} if own_data and "seconds" in (run.metrics or {}) else None
+    trained = {k: v for k, v in (run.metrics or {}).items() if k in ("seconds", "selected")} if own_data else None
     return evaluate_run(model, data, out_dir, columns, train_y, test_index[kept], center_crops(images), test_y[kept],
                         data_spec, trained)
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """How close the fine-tuned models come to people: Pearson r as a fraction of the raters' split-half r.
 
-Runs a grid on OMI (ridge mode by default; `--modes dense,full` for the paper's fine-tuning, far slower) with
+Runs the grid on OMI (its default modes: ridge, dense and full on the split, ridge and dense under CV) with
 the paper's seeded 50/50 split and with 10-fold cross-validation (every face predicted once by a model that did
 not train on it), for attractive, happy, confident (dominant), intelligent (smart) and trustworthy on both base
 nets. Both grids resume where they stopped and reuse the cached features. Prints per attribute and base: r
@@ -27,7 +27,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("bench_agreement"))
     parser.add_argument("--folds", type=int, default=10)
-    parser.add_argument("--modes", default="ridge")
+    parser.add_argument("--modes", help="comma-separated [default: the grid's: ridge,dense,full on the split, "
+                                        "ridge,dense under CV]")
     parser.add_argument("--epochs-dense", type=int, default=120)
     parser.add_argument("--epochs-full", type=int, default=15)
     parser.add_argument("--protocols", default="split,cv", help="split (the 50/50 split), cv (K-fold), or both")
@@ -35,7 +36,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, help="[default: $PSYATTR_CACHE_DIR or ~/.cache/psyattr]")
     args = parser.parse_args()
     from psyattr.data.rated import read_rated
-    from psyattr.grid import collect_runs, run_grid, table_rows, write_table1
+    from psyattr.grid import collect_runs, default_modes, run_grid, table_rows, write_table1
 
     omi = Path(os.environ.get("PSYATTR_DATA_DIR", "../shared/data")) / "omi"
     spec = {"kind": "omi", "path": str(omi.resolve()), "scale": None, "image_column": None}
@@ -46,7 +47,8 @@ def main() -> None:
     for label, folds in (protocols[name] for name in args.protocols.split(",")):
         out = args.out / ("split" if folds is None else f"cv{folds}")
         started = time.perf_counter()
-        run_grid(data, out, spec, modes=args.modes.split(","), attributes=args.attributes.split(","), epochs=epochs,
+        modes = args.modes.split(",") if args.modes else default_modes(folds)
+        run_grid(data, out, spec, modes=modes, attributes=args.attributes.split(","), epochs=epochs,
                  cache_dir=args.cache_dir, progress=False, cv=folds)
         timings[label] = time.perf_counter() - started
         runs = collect_runs(out)
@@ -59,17 +61,16 @@ def main() -> None:
             print(f"{label_a:24s} {r['base']:6s} {r['mode']:5s} {r['pearson_r']:.3f} [{r['pearson_r_low']:.3f}, "
                   f"{r['pearson_r_high']:.3f}]   {r['ceiling_r']:7.3f} {r['r_fraction']:6.2f} {r['r2']:6.3f} "
                   f"{r['spearman']:6.3f}")
-        if folds:
-            per_fold = [run.metrics.get("seconds_per_fold") for run in runs if run.metrics.get("seconds_per_fold")]
-            if per_fold:
-                print(f"time per fold ({args.modes}): {sum(per_fold) / len(per_fold):.1f} s mean over {len(per_fold)} "
-                      "cross-validations trained in this run")
-        else:
-            for mode in args.modes.split(","):
-                seconds = [run.metrics["seconds"] for run in runs if run.config.get("mode") == mode
-                           and run.metrics.get("seconds")]
-                if seconds:
-                    print(f"time per {mode} run: {sum(seconds) / len(seconds):.0f} s mean over {len(seconds)} runs")
+        key, unit = ("seconds_per_fold", "fold") if folds else ("seconds", "run")
+        for mode in modes:
+            seconds = [run.metrics[key] for run in runs if run.config.get("mode") == mode and run.metrics.get(key)]
+            if seconds:
+                print(f"time per {mode} {unit}: {sum(seconds) / len(seconds):.0f} s, mean over {len(seconds)} "
+                      f"{'cross-validations' if folds else 'runs'} trained by the session that finished them")
+        chosen = [run.metrics.get("selected", {}).get("stage") for run in runs if run.config.get("mode") == "full"]
+        if any(chosen):
+            print(f"full mode kept the whole net's best epoch in {chosen.count('whole net')} of {len(chosen)} runs "
+                  "(else the warmed-up head, which no whole-net epoch beat on the validation slice)")
         compare_modes(table_rows(runs))
 
 

@@ -85,7 +85,7 @@ def rated_faces(tmp_path_factory, omi_dir) -> Path:
 def _train_args(rated_faces: Path, cache: Path, epochs: int, batch: int) -> list:
     return ["train", "--base", "age", "--mode", "full", "--attribute", "happy", "--data", f"csv:{rated_faces}",
             "--scale", "0,100", "--epochs", epochs, "--batch-size", batch, "--precision", "float32", "--no-progress",
-            "--cache-dir", cache]
+            "--warmup-epochs", 2, "--cache-dir", cache]
 
 
 def test_tf_config_that_names_no_cluster_is_refused_before_anything_starts(monkeypatch, tmp_path):

@@ -123,4 +123,30 @@ def test_full_mode_warms_up_the_head_and_keeps_the_epoch_best_on_validation(tmp_
     assert _validation_mae(model, run, synthetic_rated) == pytest.approx(best, rel=1e-3, abs=1e-5)
     base = keras.models.load_model(random_base)
     moved = not np.array_equal(model.get_layer("conv1").get_weights()[0], base.get_layer("conv1").get_weights()[0])
-    assert moved == (best < min(h["validation_mae"] for h in warm))  # conv1 moved exactly when the whole net won
+    whole_net_won = best < min(h["validation_mae"] for h in warm)
+    assert moved == whole_net_won  # conv1 moved exactly when a whole-net epoch beat the warmed-up head
+    selected = json.loads((run / "metrics.json").read_text())["selected"]
+    assert selected["stage"] == ("whole net" if whole_net_won else "warm-up")
+    assert selected["validation_mae"] == pytest.approx(best)
+
+
+@pytest.mark.slow
+def test_the_warm_up_of_full_mode_is_the_dense_run_of_its_cell(tmp_path, synthetic_rated, random_base):
+    """Seeded: the same faces and settings give the same head, so a full-mode run never starts behind dense mode."""
+    common = ["--base", str(random_base), "--attribute", "bright", "--data", f"csv:{synthetic_rated}", "--scale", "1,9",
+              "--batch-size", "16", "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    runner = CliRunner()
+    dense = runner.invoke(cli, ["train", *common, "--mode", "dense", "--epochs", "3", "--out", str(tmp_path / "dense")])
+    assert dense.exit_code == 0, dense.output
+    full = runner.invoke(cli, ["train", *common, "--mode", "full", "--epochs", "1", "--warmup-epochs", "3", "--out",
+                               str(tmp_path / "full")])
+    assert full.exit_code == 0, full.output
+    dense_history = json.loads((tmp_path / "dense" / "state.json").read_text())["history"]
+    warm_history = json.loads((tmp_path / "full" / "warmup" / "state.json").read_text())["history"]
+    assert [h["validation_mae"] for h in warm_history] == [h["validation_mae"] for h in dense_history]
+
+
+def test_a_grid_trains_every_mode_on_the_split_and_the_fast_ones_under_cross_validation():
+    from psyattr.grid import default_modes
+
+    assert default_modes(None) == ("ridge", "dense", "full") and default_modes(10) == ("ridge", "dense")

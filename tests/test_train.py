@@ -121,8 +121,8 @@ def test_grid_writes_table1_and_learning_curves(tmp_path, small_rated, bases):
     saved = {p: p.stat().st_mtime_ns for p in out.glob("*/model.keras")}
     assert len(saved) == 4
     again = ["grid", "--data", f"csv:{small_rated}", "--scale", "0,100", "--out", str(out), "--bases",
-             f"{bases['age']},{bases['gender']}", "--attributes", "happy", "--epochs-dense", "2", "--epochs-full", "3",
-             "--no-progress"]
+             f"{bases['age']},{bases['gender']}", "--modes", "dense,full", "--attributes", "happy", "--epochs-dense",
+             "2", "--epochs-full", "3", "--no-progress"]
     rerun = CliRunner().invoke(cli, again)
     assert rerun.exit_code == 0 and "| happy | age | dense |" in rerun.output
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/model.keras")} == saved  # finished runs are not retrained
