@@ -150,3 +150,16 @@ def test_a_grid_trains_every_mode_on_the_split_and_the_fast_ones_under_cross_val
     from psyattr.grid import default_modes
 
     assert default_modes(None) == ("ridge", "dense", "full") and default_modes(10) == ("ridge", "dense")
+
+
+def test_a_recipe_out_of_range_is_refused_naming_the_setting(tmp_path, synthetic_rated, random_base):
+    from psyattr.train import TrainConfig
+
+    for settings, named in (({"validation": 0.5}, "validation"), ({"feature_lr_scale": 2.0}, "feature_lr_scale"),
+                            ({"warmup_epochs": -1}, "warmup_epochs"), ({"schedule": "step"}, "unknown schedule")):
+        with pytest.raises(ValueError, match=named):
+            TrainConfig("age", "full", ["happy"], **settings)
+    result = CliRunner().invoke(cli, ["train", "--base", str(random_base), "--mode", "dense", "--attribute", "bright",
+                                      "--data", f"csv:{synthetic_rated}", "--scale", "1,9", "--validation", "0.5",
+                                      "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "--validation" in result.output and not (tmp_path / "run").exists()
