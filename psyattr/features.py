@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import uuid
 from pathlib import Path
 
 import keras
@@ -42,7 +43,7 @@ def pool5_features(model: keras.Model, images_256: np.ndarray, cache_dir: str | 
     mirrored = forward(crops[:, :, ::-1], "features of mirrored faces" if progress else None)
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.partial.npz")
+        tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.partial.npz")  # this writer's own
         np.savez(tmp, center=center, mirrored=mirrored)
         os.replace(tmp, path)
     except OSError as err:

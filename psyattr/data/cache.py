@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -81,11 +82,13 @@ def decode_images(
     kept = np.asarray(kept_list, dtype=int)
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        # Write beside the final names and rename, so a killed run never leaves a half cache behind.
-        tmp_array = array_file.with_suffix(".tmp.npy")
+        # Write beside the final names and rename, so a killed run never leaves a half cache behind; the temporary
+        # names are this writer's own, so two processes filling the same cache never write into one file.
+        unique = uuid.uuid4().hex[:12]
+        tmp_array = array_file.with_name(f".{array_file.stem}.{unique}.tmp.npy")
         np.save(tmp_array, images)
         os.replace(tmp_array, array_file)
-        tmp_index = index_file.with_suffix(".tmp")
+        tmp_index = index_file.with_name(f".{index_file.name}.{unique}.tmp")
         tmp_index.write_text(json.dumps({"kept": kept.tolist(), "size": size, "key": key, "failed": failed}))
         os.replace(tmp_index, index_file)
     except OSError as err:
