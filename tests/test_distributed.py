@@ -149,7 +149,7 @@ def test_two_workers_pretrain_what_one_worker_does(tmp_path, utkface_dir):
 @pytest.mark.slow
 def test_a_lost_worker_stops_the_run_and_resume_finishes_it(tmp_path, rated_faces):
     out = tmp_path / "run"
-    args = [*_train_args(rated_faces, tmp_path / "cache", 40, 2), "--out", out]
+    args = [*_train_args(rated_faces, tmp_path / "cache", 40, 2), "--warmup-epochs", 0, "--out", out]
     ports = _free_ports(2)
     other = _psyattr(args, {"TF_CONFIG": _tf_config(ports, 1)})
     chief = _psyattr(args, {"TF_CONFIG": _tf_config(ports, 0)})

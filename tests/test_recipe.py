@@ -101,22 +101,29 @@ def _validation_mae(model: keras.Model, run, rated) -> float:
 
 
 @pytest.mark.slow
-def test_full_mode_warms_up_the_head_and_keeps_the_epoch_best_on_validation(tmp_path, synthetic_rated, random_base):
+def test_full_mode_starts_from_its_cells_dense_run_and_keeps_the_epoch_best_on_validation(tmp_path, synthetic_rated,
+                                                                                          random_base):
+    common = ["train", "--base", str(random_base), "--attribute", "bright", "--data", f"csv:{synthetic_rated}",
+              "--scale", "1,9", "--batch-size", "16", "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    dense = CliRunner().invoke(cli, [*common, "--mode", "dense", "--epochs", "4", "--out", str(tmp_path / "dense")])
+    assert dense.exit_code == 0, dense.output
     run = tmp_path / "full"
-    result = CliRunner().invoke(cli, [
-        "train", "--base", str(random_base), "--mode", "full", "--attribute", "bright", "--data",
-        f"csv:{synthetic_rated}", "--scale", "1,9", "--out", str(run), "--epochs", "3", "--warmup-epochs", "4",
-        "--batch-size", "16", "--cache-dir", str(tmp_path / "cache"), "--no-progress"])
+    result = CliRunner().invoke(cli, [*common, "--mode", "full", "--epochs", "3", "--warmup-epochs", "4", "--out",
+                                      str(run)])
     assert result.exit_code == 0, result.output
     split = json.loads((run / "split.json").read_text())
     assert [len(split[k]) for k in ("train", "validation", "test")] == [54, 6, 60]
     assert not set(split["validation"]) & (set(split["train"]) | set(split["test"]))
     assert not set(split["train"]) & set(split["test"])
+    assert split == json.loads((tmp_path / "dense" / "split.json").read_text())
 
     warm = json.loads((run / "warmup" / "state.json").read_text())["history"]
     full = json.loads((run / "state.json").read_text())["history"]
     assert [h["epoch"] for h in warm] == [1, 2, 3, 4] and [h["epoch"] for h in full] == [1, 2, 3]
-    assert all("validation_mae" in h for h in warm + full)
+    # Seeded: the warm-up is the dense run of the same cell, epoch for epoch, so full mode never starts behind it.
+    dense_history = json.loads((tmp_path / "dense" / "state.json").read_text())["history"]
+    assert [h["validation_mae"] for h in warm] == [h["validation_mae"] for h in dense_history]
+    assert all("validation_mae" in h for h in full)
     best = min(h["validation_mae"] for h in warm + full)
     # The saved model is the one with the lowest validation MAE of the warm-up and the whole-net epochs.
     model = keras.models.load_model(run / "model.keras")
@@ -128,22 +135,7 @@ def test_full_mode_warms_up_the_head_and_keeps_the_epoch_best_on_validation(tmp_
     selected = json.loads((run / "metrics.json").read_text())["selected"]
     assert selected["stage"] == ("whole net" if whole_net_won else "warm-up")
     assert selected["validation_mae"] == pytest.approx(best)
-
-
-@pytest.mark.slow
-def test_the_warm_up_of_full_mode_is_the_dense_run_of_its_cell(tmp_path, synthetic_rated, random_base):
-    """Seeded: the same faces and settings give the same head, so a full-mode run never starts behind dense mode."""
-    common = ["--base", str(random_base), "--attribute", "bright", "--data", f"csv:{synthetic_rated}", "--scale", "1,9",
-              "--batch-size", "16", "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
-    runner = CliRunner()
-    dense = runner.invoke(cli, ["train", *common, "--mode", "dense", "--epochs", "3", "--out", str(tmp_path / "dense")])
-    assert dense.exit_code == 0, dense.output
-    full = runner.invoke(cli, ["train", *common, "--mode", "full", "--epochs", "1", "--warmup-epochs", "3", "--out",
-                               str(tmp_path / "full")])
-    assert full.exit_code == 0, full.output
-    dense_history = json.loads((tmp_path / "dense" / "state.json").read_text())["history"]
-    warm_history = json.loads((tmp_path / "full" / "warmup" / "state.json").read_text())["history"]
-    assert [h["validation_mae"] for h in warm_history] == [h["validation_mae"] for h in dense_history]
+    assert json.loads((tmp_path / "dense" / "metrics.json").read_text())["selected"]["stage"] == "head"
 
 
 def test_a_grid_trains_every_mode_on_the_split_and_the_fast_ones_under_cross_validation():
