@@ -104,7 +104,8 @@ def _validation_mae(model: keras.Model, run, rated) -> float:
 def test_full_mode_starts_from_its_cells_dense_run_and_keeps_the_epoch_best_on_validation(tmp_path, synthetic_rated,
                                                                                           random_base):
     common = ["train", "--base", str(random_base), "--attribute", "bright", "--data", f"csv:{synthetic_rated}",
-              "--scale", "1,9", "--batch-size", "16", "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+              "--scale", "1,9", "--batch-size", "16", "--validation", "0.1", "--cache-dir", str(tmp_path / "cache"),
+              "--no-progress"]
     dense = CliRunner().invoke(cli, [*common, "--mode", "dense", "--epochs", "4", "--out", str(tmp_path / "dense")])
     assert dense.exit_code == 0, dense.output
     run = tmp_path / "full"

@@ -22,8 +22,9 @@ from psyattr.cli.options import (RatedDataSpec, distributed_option, dropout_opti
 @rated_options
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Run folder.")
 @click.option("--epochs", type=click.IntRange(1), help="[default: 120 in dense mode, 15 in full mode]")
-@click.option("--validation", type=click.FloatRange(0, 0.5, max_open=True), default=0.1, show_default=True,
-              help="Share of the training faces held out to pick the best epoch (dense, full); 0 keeps the last.")
+@click.option("--validation", type=click.FloatRange(0, 0.5, max_open=True), default=0.0, show_default=True,
+              help="Share of the training faces held out to pick the best epoch (dense, full; e.g. 0.1); 0 trains "
+                   "on every training face and keeps the last epoch, as the paper does.")
 @click.option("--warmup-epochs", type=click.IntRange(0), default=120, show_default=True,
               help="Full mode: dense-mode epochs of fc6..the head before the whole net moves (0: none).")
 @click.option("--feature-lr-scale", type=click.FloatRange(0, 1), default=0.1, show_default=True,
