@@ -229,7 +229,8 @@ def train_regressor(
     """Fine-tune `config.base` to `config.attributes` of `data` in `run_dir`; return the test metrics.
 
     Everything is checked (the folder, the base net, its framing, the ratings, the images) before the run
-    folder is written to, so a bad input leaves nothing behind. `split` is (its name, face indices of "train"
+    folder is written to, so a bad input leaves nothing behind. Dense and full mode seed Keras, NumPy and Python
+    (`keras.utils.set_random_seed(config.seed)`), so that a run is repeatable. `split` is (its name, face indices of "train"
     and "test") where not the seeded 50/50 split (a fold of cross-validation). With a `cluster` (full mode
     only), every worker trains on its share of each global batch and the chief alone writes `run_dir`; the
     other workers return no metrics.
@@ -451,9 +452,9 @@ def _fit_ridge(regressor: keras.Model, faces: TrainingFaces, run_dir: Path) -> k
 
 def _warm_up(make_regressor, faces: TrainingFaces, run_dir: Path, config: TrainConfig, identity: dict, progress: bool,
              keep: int, cluster: Cluster | None) -> keras.Model:
-    """fc6..the head trained as dense mode trains them (its own resumable run in `warmup/`, best epoch by the
-    validation slice): where the whole net starts, so that the new head's first large errors never reach the
-    pretrained features."""
+    """fc6..the head trained as dense mode trains them (its own resumable run in `warmup/`; its best epoch where a
+    validation slice picks one): where the whole net starts, so that the new head's first large errors never
+    reach the pretrained features."""
     folder = run_dir / WARMUP_DIR
     done = folder / "model.keras"
     if writes_run(cluster):
