@@ -120,6 +120,19 @@ def test_conv_rule_matches_matrix_form(rule, stride, padding):
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4 * np.abs(want).max())
 
 
+def test_alpha_beta_keeps_a_small_negative_part_exact_beside_a_large_positive_one():
+    # Pixel-scale inputs of either sign (the first layer): z- taken as z - z+ would lose its digits to the
+    # float32 rounding of z+ (here 999.999 against 1000), and with them the negative relevance.
+    layer = keras.layers.Dense(1)
+    layer.build((None, 2))
+    layer.set_weights([np.array([[1.0], [-0.001]], "float32"), np.zeros(1, "float32")])
+    a = np.array([[1000.0, 1.0]])
+    got = run_rule(AlphaBeta(2, 1), layer, a, np.ones((1, 1)), nonnegative=False)[0]
+    want = reference(AlphaBeta(2, 1), a[0], layer.get_weights()[0].astype(float), np.zeros(1), np.ones(1),
+                     np.ones((2, 1), bool))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
 def test_pass_hands_relevance_on_and_refuses_a_shape_change():
     layer = keras.layers.Dense(3)
     layer.build((None, 3))
