@@ -76,14 +76,13 @@ def timed(calls: dict, rounds: int) -> dict[str, list[float]]:
 
 def rest_against_grpc(address: str, rest_address: str, name: str, rounds: int) -> None:
     """Print REST against gRPC at batch 16: ms per image (median over interleaved rounds) and bytes per image."""
-    import json
 
     import tensorflow as tf
     import urllib3
     from tensorflow_serving.apis import predict_pb2
 
     from psyattr.serving import ExplainerClient
-    from psyattr.serving.transports import GrpcTransport, Target, json_value
+    from psyattr.serving.transports import GrpcTransport, Target, read_json, request_body
 
     images = faces(16)
     targets = np.array([b"0"] * 16, dtype=object)
@@ -103,13 +102,11 @@ def rest_against_grpc(address: str, rest_address: str, name: str, rounds: int) -
     transport = GrpcTransport(address, 600, 512 << 20)
     grpc_answer = transport.prediction.Predict(request, timeout=600).ByteSize()
     transport.close()
-    body = json.dumps({"signature_name": "explain", "inputs": {"image": json_value(images),
-                                                                "target": json_value(targets)}},
-                      separators=(",", ":")).encode()
+    body = request_body("explain", {"image": images, "target": targets})
     rest_answer = urllib3.connection_from_url(rest_address).request(
         "POST", f"/v1/models/{name}:predict", body=body, timeout=600.0).data
     start = time.perf_counter()
-    np.array(json.loads(rest_answer)["outputs"]["heatmap"], dtype=np.float32)
+    np.array(read_json(rest_answer)["outputs"]["heatmap"], dtype=np.float32)
     decode = time.perf_counter() - start
 
     print(f"\nbatch 16, REST against gRPC, ms per image over {rounds} interleaved rounds (median)")

@@ -388,6 +388,32 @@ def test_the_rest_client_gives_the_grpc_clients_results_and_errors(server, grpc_
         ExplainerClient("http://127.0.0.1:8501/v1/models", GENDER)
 
 
+def test_the_rest_client_sends_fractional_and_nan_pixels_as_grpc_does(server, grpc_client, face_images):
+    images = face_images[6:8] * 0.999 + 0.01  # no whole pixel values: the float path of the request body
+    with ExplainerClient(server.rest_address, REGRESSOR, timeout=120) as client:
+        assert_predictions_close(client.predict(images), grpc_client.predict(images))
+        images[1, 5, 7, 2] = np.nan
+        for call_with in (client, grpc_client):
+            with pytest.raises(ServingError, match=r"input 'image' contains NaN or infinite values \(rows 1\)") as caught:
+                call_with.predict(images)
+            assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_request_bodies_carry_every_value_exactly():
+    from psyattr.serving.transports import json_value, request_body
+
+    rng = np.random.default_rng(0)
+    inputs = {"image": (rng.random((2, 3, 4)) * 1e4).astype(np.float32), "whole": np.arange(6.0).reshape(2, 3),
+              "target": np.array([b"happy", b"\xff\x00"], dtype=object), "count": np.array([3, -2]),
+              "flag": np.array([True, False])}
+    inputs["image"][0, 0, :2] = [1e-38, 3.4e38]
+    body = json.loads(request_body("explain", inputs))
+    assert body == json.loads(json.dumps({"signature_name": "explain",
+                                          "inputs": {k: json_value(v) for k, v in inputs.items()}}))
+    assert np.array_equal(np.array(body["inputs"]["image"], np.float32), inputs["image"])
+    assert body["inputs"]["target"][1] == {"b64": base64.b64encode(b"\xff\x00").decode()}
+
+
 def test_cli_predict_and_explain_ask_over_rest(server, grpc_client, omi_dir, tmp_path):
     images = [omi_dir / "images_256" / name for name in ("1.jpg", "2.jpg")]
     arrays = framed_inputs(images, grpc_client.framing)
