@@ -76,7 +76,6 @@ def timed(calls: dict, rounds: int) -> dict[str, list[float]]:
 
 def rest_against_grpc(address: str, rest_address: str, name: str, rounds: int) -> None:
     """Print REST against gRPC at batch 16: ms per image (median over interleaved rounds) and bytes per image."""
-
     import tensorflow as tf
     import urllib3
     from tensorflow_serving.apis import predict_pb2

@@ -117,10 +117,15 @@ def json_value(value: np.ndarray):
     array = np.asarray(value)
     if array.dtype == object or array.dtype.kind in "SU":
         return np.array([_json_text(v) for v in array.ravel()], dtype=object).reshape(array.shape).tolist()
-    if array.dtype.kind == "f" and np.isfinite(array).all() and np.array_equal(array, np.rint(array)) and \
-            (array.size == 0 or np.abs(array).max() < _EXACT_FLOAT32_INT):
+    if _whole_floats(array):
         return array.astype(np.int64).tolist()
     return array.tolist()
+
+
+def _whole_floats(array: np.ndarray) -> bool:
+    """Floats that are all whole numbers exact in float32 (NaN and infinity are not), which JSON writes as integers."""
+    return array.dtype.kind == "f" and np.array_equal(array, np.rint(array)) and \
+        (array.size == 0 or np.abs(array).max() < _EXACT_FLOAT32_INT)
 
 
 def _wire_value(array: np.ndarray):
@@ -128,9 +133,8 @@ def _wire_value(array: np.ndarray):
     if array.dtype == object or array.dtype.kind in "SU":
         return json_value(array)
     if array.dtype.kind == "f":
-        whole = np.array_equal(array, np.rint(array)) and (array.size == 0 or np.abs(array).max() < _EXACT_FLOAT32_INT)
         # float64 holds each float32 exactly, so its shortest digits read back as the same float32.
-        return np.ascontiguousarray(array, dtype=np.int64 if whole else np.float64)
+        return np.ascontiguousarray(array, dtype=np.int64 if _whole_floats(array) else np.float64)
     return np.ascontiguousarray(array)
 
 
