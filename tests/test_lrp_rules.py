@@ -105,16 +105,19 @@ def test_dense_rule_matches_matrix_form(rule, nonnegative):
 
 @pytest.mark.parametrize("rule", RULES, ids=repr)
 @pytest.mark.parametrize("stride, padding", [(1, "same"), (2, "valid"), (2, "same"), (4, "valid")])
-def test_conv_rule_matches_matrix_form(rule, stride, padding):
+@pytest.mark.parametrize("nonnegative", [False, True])
+def test_conv_rule_matches_matrix_form(rule, stride, padding, nonnegative):
     rng = np.random.default_rng(1)
     layer = keras.layers.Conv2D(3, 3, strides=stride, padding=padding)
     layer.build((None, 6, 6, 2))
     kernel, bias = rng.normal(size=(3, 3, 2, 3)).astype("float32"), rng.normal(size=3).astype("float32")
     layer.set_weights([kernel, bias])
     a = rng.uniform(LOW, HIGH, size=(6, 6, 2)).astype("float32")
+    if nonnegative:  # ReLU outputs: the rules' own path, where patches of zeros leave some z+ or z- at exactly 0
+        a = np.maximum(a, 0)
     matrix, connected, out_shape = conv_matrix(kernel.astype(float), 6, 6, stride, padding)
     r = rng.normal(size=out_shape)
-    got = run_rule(rule, layer, a[None], r[None], nonnegative=False)[0]
+    got = run_rule(rule, layer, a[None], r[None], nonnegative)[0]
     want = reference(rule, a.ravel().astype(float), matrix, np.tile(bias.astype(float), out_shape[0] * out_shape[1]),
                      r.ravel(), connected).reshape(a.shape)
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4 * np.abs(want).max())

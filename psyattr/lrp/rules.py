@@ -126,6 +126,8 @@ class AlphaBeta(Rule):
             s_pos = r / stabilize(z_pos, self.stabilizer)
             out = self.alpha * a * op.vjp(a, s_pos, w_pos)
             if self.beta:
+                # Through w- itself: where z- is 0 (a patch of zeros), its share is huge and meets only zero terms.
+                # Rewritten through w = w+ + w- it would have to cancel against w+ in rounding, and does not.
                 s_neg = r / stabilize(z - z_pos, self.stabilizer)
                 out -= self.beta * a * op.vjp(a, s_neg, w_neg)
             return out
