@@ -19,8 +19,7 @@ import time
 
 import tensorflow as tf
 
-from psyattr.lrp import LRPExplainer
-from psyattr.lrp import checks
+from psyattr.lrp import LRPExplainer, checks
 from psyattr.lrp.composites import COMPOSITES, get_composite
 from psyattr.lrp.graph import flatten_model
 from psyattr.lrp.rules import Epsilon
